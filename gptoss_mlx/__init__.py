@@ -1,0 +1,21 @@
+"""gptoss-mlx: OpenAI's gpt-oss models on MLX. Heavy imports happen on first use, not at import."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .model import Model
+    from .tokenizer import Tokenizer
+
+
+def load_model(path: Any, dtype: str | None = None) -> tuple[Model, Tokenizer]:
+    """Load a gpt-oss checkpoint (HF MXFP4, our converted MLX dir, or mlx-community layout)."""
+    from .loader import load_model as _load
+
+    return _load(path, dtype=dtype)
+
+
+__all__ = ["load_model", "__version__"]
