@@ -1,0 +1,67 @@
+"""Open a chat session from resolved settings: find the model, check memory, load, set up harmony.
+
+Shared by `gptoss run` and `gptoss chat`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .settings import Settings
+
+
+def session_settings(settings: Settings, context_limit: int) -> Any:
+    from .generate import SamplerSettings
+    from .session import SessionSettings
+
+    return SessionSettings(
+        effort=settings.effort,
+        instructions=settings.instructions,
+        max_tokens=settings.max_tokens,
+        context=context_limit,
+        sampler=SamplerSettings(
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=settings.top_k,
+            min_p=settings.min_p,
+            seed=settings.seed,
+        ),
+    )
+
+
+def open_session(settings: Settings, *, interactive: bool, for_prompt_only: bool = False, path: Path | None = None) -> Any:
+    from . import harmony
+    from .config import ModelConfig
+    from .errors import UserError
+    from .registry import resolve_model
+    from .session import ChatSession
+
+    path = path or resolve_model(settings.model, yes=settings.yes, interactive=interactive)
+    cfg = ModelConfig.from_dir(path)
+    max_ctx = min(cfg.max_position_embeddings, 131072)
+    context = settings.context or max_ctx
+    if context > max_ctx:
+        raise UserError(f"--context {context} is larger than the model's maximum of {max_ctx} tokens")
+    if settings.max_tokens and settings.max_tokens >= context:
+        raise UserError(f"--max-tokens {settings.max_tokens} does not fit in a {context}-token context")
+    encoding = harmony.encoding_for_model(path)
+    if for_prompt_only:
+        from .tokenizer import Tokenizer
+
+        model, tokenizer = None, Tokenizer.from_dir(path)
+    else:
+        import mlx.core as mx
+
+        from .device import activation_bytes, default_dtype
+        from .loader import load_model
+        from .memory import check_memory
+
+        dtype = settings.dtype or default_dtype()
+        check_memory(path, context, dtype_bytes=activation_bytes(dtype), force=settings.force)
+        model, tokenizer = load_model(path, dtype=dtype)
+        if settings.seed is not None:
+            mx.random.seed(settings.seed)
+    session = ChatSession(model, tokenizer, encoding, session_settings(settings, context))
+    session.model_path = path
+    return session

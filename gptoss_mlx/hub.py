@@ -1,0 +1,470 @@
+"""Downloads from the Hugging Face hub: only the files gptoss loads, a disk-space check first,
+rich progress, and one-line errors. huggingface_hub is imported inside functions (start-up time).
+
+Environment read at call time (so tests and callers can change it): HF_ENDPOINT, HF_HOME,
+HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN (read by huggingface_hub itself), and
+GPTOSS_FAKE_FREE_BYTES (pretend the disk has that many free bytes; for tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DownloadError, ModelNotFoundError, NotEnoughDiskError, UserError
+
+ALIASES = {"20b": "openai/gpt-oss-20b", "120b": "openai/gpt-oss-120b"}
+
+# What the loader reads, at the repo root only.
+ALLOW_PATTERNS = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer*.json",
+    "special_tokens_map.json",
+    "chat_template*",
+    "*.safetensors",
+    "model.safetensors.index.json",
+]
+# The openai repos keep other copies of the weights in original/ and metal/; fnmatch's `*`
+# crosses "/", so "*.safetensors" alone would match original/model.safetensors too.
+IGNORE_PATTERNS = ["*/*"]
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+STALE_PARTIAL_SECONDS = 600
+
+
+def repo_id_for(spec: str) -> str | None:
+    """The hub repo id an alias ("20b", "gpt-oss-20b") or a repo id stands for; None otherwise."""
+    s = spec.strip()
+    if s.lower() in ALIASES:
+        return ALIASES[s.lower()]
+    for repo in ALIASES.values():
+        if s.lower() == repo.split("/")[1]:
+            return repo
+    if REPO_ID_RE.match(s) and ".." not in s and not s.endswith((".", "-")):
+        return s
+    return None
+
+
+def alias_for(repo_id: str) -> str | None:
+    return next((a for a, r in ALIASES.items() if r == repo_id), None)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def is_offline() -> bool:
+    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+
+
+def hf_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hf_cache_dir() -> Path:
+    """huggingface_hub's cache, resolved the way huggingface_hub resolves it."""
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.path.expandvars(os.environ[var])).expanduser()
+    home = os.environ.get("HF_HOME")
+    if home:
+        return Path(os.path.expandvars(home)).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def repo_cache_dir(repo_id: str) -> Path:
+    return hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def wanted_files(paths: Iterable[str]) -> list[str]:
+    """The repo files gptoss downloads (same matching as huggingface_hub's allow/ignore patterns)."""
+    return [
+        p
+        for p in paths
+        if any(fnmatch.fnmatchcase(p, a) for a in ALLOW_PATTERNS)
+        and not any(fnmatch.fnmatchcase(p, i) for i in IGNORE_PATTERNS)
+    ]
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or would hold it once created)."""
+    fake = os.environ.get("GPTOSS_FAKE_FREE_BYTES")
+    if fake:
+        return int(fake)
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _device_of(path: Path) -> int:
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p.stat().st_dev
+
+
+def human_bytes(n: float) -> str:
+    # Binary units, labelled the way Macs are sold ("16 GB" of memory is 16 GiB), so model sizes
+    # compare directly with the memory figures users know.
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_disk(needs: Iterable[tuple[Path, int, str]]) -> None:
+    """Raise NotEnoughDiskError unless each filesystem has room for what will be written to it.
+
+    `needs` holds (directory, bytes, what) triples; directories on one filesystem add up.
+    """
+    by_dev: dict[int, list[tuple[Path, int, str]]] = {}
+    for d, n, what in needs:
+        if n > 0:
+            by_dev.setdefault(_device_of(d), []).append((d, n, what))
+    for items in by_dev.values():
+        need = sum(n for _, n, _ in items)
+        d = items[0][0]
+        free = free_disk_bytes(d)
+        if need > free:
+            what = " and ".join(w for _, _, w in items)
+            hint = "set HF_HOME to a bigger disk" if "download" in what else "set GPTOSS_HOME to a bigger disk"
+            raise NotEnoughDiskError(
+                f"not enough disk space for the {what}: {human_bytes(need)} needed in {d} but only "
+                f"{human_bytes(free)} free; free up {human_bytes(need - free)} or {hint}"
+            )
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    size: int
+    etag: str  # the blob name in the cache: sha256 for LFS files, the git blob id otherwise
+
+
+@dataclass
+class DownloadPlan:
+    repo_id: str
+    revision: str
+    commit: str
+    files: list[RemoteFile]
+    present: set[str] = field(default_factory=set)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def missing(self) -> list[RemoteFile]:
+        return [f for f in self.files if f.path not in self.present]
+
+    @property
+    def missing_bytes(self) -> int:
+        return sum(f.size for f in self.missing)
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return repo_cache_dir(self.repo_id) / "snapshots" / self.commit
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(f.size for f in self.files if f.path.endswith(".safetensors"))
+
+
+def _is_network_error(e: BaseException) -> bool:
+    names = {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "ConnectionError",
+             "Timeout", "ReadTimeout", "RemoteProtocolError", "OfflineModeIsEnabled"}
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if any(c.__name__ in names for c in type(cur).__mro__) or isinstance(cur, ConnectionError):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions into one-line errors that say what to do."""
+    from huggingface_hub import errors as hfe
+
+    aliases = ", ".join(ALIASES)
+    try:
+        yield
+    except UserError:
+        raise
+    except hfe.GatedRepoError as e:
+        page = f"{hf_endpoint()}/{repo_id}"
+        if _has_token():
+            raise DownloadError(
+                f"{repo_id} is gated and your HF_TOKEN has no access: accept its licence at {page} "
+                "with that account (or use a token of an account that has)"
+            ) from e
+        raise DownloadError(f"{repo_id} is gated: accept its licence on the hub ({page}) and set HF_TOKEN") from e
+    except hfe.RevisionNotFoundError as e:
+        raise ModelNotFoundError(
+            f"revision {revision!r} not found in {repo_id}; check --revision (a branch, tag or commit)"
+        ) from e
+    except hfe.RepositoryNotFoundError as e:
+        raise ModelNotFoundError(
+            f"{repo_id} not found on the Hugging Face hub; check the name (aliases: {aliases})"
+            + ("" if _has_token() else ", or set HF_TOKEN if it is private")
+        ) from e
+    except hfe.HFValidationError as e:
+        raise UserError(f"{repo_id!r} is not a valid hub repo id; use owner/name (aliases: {aliases})") from e
+    except hfe.HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status == 401:
+            raise DownloadError("the hub rejected HF_TOKEN (401 Unauthorized); check it or unset it") from e
+        raise DownloadError(
+            f"the hub answered {status} for {repo_id} ({_first_line(e)}); try again later"
+        ) from e
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise NotEnoughDiskError(
+                f"the disk filled up while downloading {repo_id}; free some space (or set HF_HOME to a "
+                "bigger disk) and run the same command again to resume"
+            ) from e
+        if _is_network_error(e) or isinstance(e, hfe.LocalEntryNotFoundError):
+            raise DownloadError(_unreachable(repo_id)) from e
+        raise DownloadError(
+            f"download of {repo_id} failed ({_first_line(e)}); run the same command again to resume"
+        ) from e
+    except Exception as e:
+        if _is_network_error(e):
+            raise DownloadError(_unreachable(repo_id)) from e
+        raise
+
+
+def _unreachable(repo_id: str) -> str:
+    return (
+        f"cannot reach the Hugging Face hub at {hf_endpoint()} to get {repo_id}; check your connection "
+        "(or set HF_HUB_OFFLINE=1 to use downloaded models only)"
+    )
+
+
+def _has_token() -> bool:
+    from huggingface_hub import get_token
+
+    return bool(get_token())
+
+
+def plan_download(repo_id: str, revision: str | None = None) -> DownloadPlan:
+    """Ask the hub which files (and how many bytes) a download needs, and which are already here."""
+    from huggingface_hub import HfApi
+
+    rev = revision or "main"
+    with hub_errors(repo_id, rev):
+        info = HfApi(endpoint=hf_endpoint()).model_info(repo_id, revision=rev, files_metadata=True)
+    siblings = {s.rfilename: s for s in info.siblings or []}
+    files = []
+    for name in wanted_files(siblings):
+        s = siblings[name]
+        etag = s.lfs.sha256 if s.lfs is not None else (s.blob_id or "")
+        files.append(RemoteFile(name, int(s.size or 0), etag))
+    if not any(f.path == "config.json" for f in files) or not any(f.path.endswith(".safetensors") for f in files):
+        raise ModelNotFoundError(
+            f"{repo_id} has no config.json and .safetensors weights at its root: not a model gptoss can run "
+            f"(aliases: {', '.join(ALIASES)})"
+        )
+    if info.gated:
+        _check_access(repo_id, str(info.sha))
+    plan = DownloadPlan(repo_id, rev, str(info.sha), files)
+    blobs = repo_cache_dir(repo_id) / "blobs"
+    for f in files:
+        if (plan.snapshot_dir / f.path).exists() or (f.etag and (blobs / f.etag).exists()):
+            plan.present.add(f.path)
+    return plan
+
+
+def _check_access(repo_id: str, commit: str) -> None:
+    """A gated repo lists its files to anyone; ask for one to learn whether ours may download."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    url = hf_hub_url(repo_id, "config.json", revision=commit, endpoint=hf_endpoint())
+    with hub_errors(repo_id, commit):
+        get_hf_file_metadata(url)
+
+
+def _remove_stale_partials(plan: DownloadPlan) -> None:
+    """Delete partial files a killed download left behind (huggingface_hub names them per process,
+    so they are never resumed and would only hold disk space)."""
+    blobs = repo_cache_dir(plan.repo_id) / "blobs"
+    now = time.time()
+    for f in plan.missing:
+        if not f.etag:
+            continue
+        for p in blobs.glob(f"{f.etag}*.incomplete"):
+            with contextlib.suppress(OSError):
+                if now - p.stat().st_mtime > STALE_PARTIAL_SECONDS:
+                    p.unlink()
+
+
+def fetch(plan: DownloadPlan, *, progress: bool = True) -> Path:
+    """Download the planned files into the huggingface_hub cache and return the snapshot folder."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    _remove_stale_partials(plan)
+    bars_were_on = not are_progress_bars_disabled()
+    disable_progress_bars()  # ours replace them
+    watcher = _ProgressWatcher(plan) if progress and plan.missing else None
+    try:
+        if watcher:
+            watcher.start()
+        with hub_errors(plan.repo_id, plan.revision):
+            path = snapshot_download(
+                plan.repo_id,
+                revision=plan.revision,
+                cache_dir=str(hf_cache_dir()),
+                allow_patterns=ALLOW_PATTERNS,
+                ignore_patterns=IGNORE_PATTERNS,
+                endpoint=hf_endpoint(),
+            )
+    finally:
+        if watcher:
+            watcher.stop()
+        if bars_were_on:
+            enable_progress_bars()
+    snapshot = Path(path)
+    missing = [f.path for f in plan.files if not (snapshot / f.path).exists()]
+    if missing:
+        raise DownloadError(
+            f"download of {plan.repo_id} is incomplete ({', '.join(missing[:3])} missing); "
+            "run the same command again to resume"
+        )
+    return snapshot
+
+
+def download(repo_id: str, *, revision: str | None = None, progress: bool = True) -> Path:
+    """Download (or find, offline) `repo_id`'s loadable files; return the snapshot directory."""
+    from .registry import cached_snapshot
+
+    if not REPO_ID_RE.match(repo_id):
+        raise UserError(f"{repo_id!r} is not a hub repo id; use owner/name (aliases: {', '.join(ALIASES)})")
+    if is_offline():
+        found = cached_snapshot(repo_id, revision or "main")
+        if found is None:
+            raise DownloadError(
+                f"HF_HUB_OFFLINE is set and {repo_id} is not downloaded; unset HF_HUB_OFFLINE to download it"
+            )
+        return found
+    plan = plan_download(repo_id, revision)
+    check_disk([(hf_cache_dir(), plan.missing_bytes, f"download of {repo_id}")])
+    return fetch(plan, progress=progress)
+
+
+class _ProgressWatcher:
+    """Rich progress bars fed by the sizes of the cache's blob files as they grow.
+
+    Watching the files (instead of hooking huggingface_hub's tqdm bars) works the same for plain
+    HTTP and Xet transfers and across huggingface_hub versions.
+    """
+
+    def __init__(self, plan: DownloadPlan, interval: float = 0.2) -> None:
+        self.plan = plan
+        self.interval = interval
+        self.blobs = repo_cache_dir(plan.repo_id) / "blobs"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._progress = None
+        self._tasks: dict[str, int] = {}
+        self._total_task = 0
+        self._live = sys.stderr.isatty()
+
+    def _done_bytes(self, f: RemoteFile) -> int:
+        if f.path in self.plan.present or (f.etag and (self.blobs / f.etag).exists()):
+            return f.size
+        best = 0
+        if f.etag:
+            for p in self.blobs.glob(f"{f.etag}*.incomplete"):
+                with contextlib.suppress(OSError):
+                    best = max(best, p.stat().st_size)
+        return min(best, f.size)
+
+    def start(self) -> None:
+        plan = self.plan
+        missing = plan.missing
+        if not self._live:
+            print(
+                f"Downloading {plan.repo_id} ({len(missing)} file(s), {human_bytes(plan.missing_bytes)})...",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(binary_units=True),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self._total_task = self._progress.add_task(
+            f"[bold]{plan.repo_id}", total=plan.total_bytes, completed=plan.total_bytes - plan.missing_bytes
+        )
+        for f in missing:
+            if f.path.endswith(".safetensors"):
+                self._tasks[f.path] = self._progress.add_task(f"  {f.path}", total=f.size)
+        self._progress.start()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _update(self) -> None:
+        if self._progress is None:
+            return
+        done = 0
+        for f in self.plan.files:
+            n = self._done_bytes(f)
+            done += n
+            if f.path in self._tasks:
+                self._progress.update(self._tasks[f.path], completed=n)
+        self._progress.update(self._total_task, completed=done)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(Exception):
+                self._update()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self._progress is not None:
+            with contextlib.suppress(Exception):
+                self._update()
+            self._progress.stop()
