@@ -42,31 +42,15 @@ def now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def message_dicts(messages: list[Any]) -> list[dict[str, Any]]:
-    out = []
-    for m in messages:
-        d = m.to_dict()
-        # Message.interrupted is set by the session on cut-off replies; older Message.to_dict
-        # versions do not write it.
-        if getattr(m, "interrupted", False):
-            d["interrupted"] = True
-        out.append(d)
-    return out
-
-
 def messages_from(dicts: list[dict[str, Any]]) -> list[Any]:
     from .harmony import Message
 
-    out = []
-    for d in dicts:
-        m = Message.from_dict(d)
-        if d.get("interrupted"):
-            m.interrupted = True
-        out.append(m)
-    return out
+    return [Message.from_dict(d) for d in dicts]
 
 
-def to_record(session: Any, *, chat_id: str, created: str, model: str | None = None) -> dict[str, Any]:
+def to_record(
+    session: Any, *, chat_id: str, created: str, model: str | None = None
+) -> dict[str, Any]:
     """The saved form of a session's conversation and settings."""
     state = session.to_dict()
     return {
@@ -77,14 +61,13 @@ def to_record(session: Any, *, chat_id: str, created: str, model: str | None = N
         "updated": now(),
         "model": model if model is not None else str(getattr(session, "model_path", "") or ""),
         "settings": state["settings"],
-        "messages": message_dicts(session.messages),
+        "messages": [m.to_dict() for m in session.messages],
     }
 
 
 def apply_record(session: Any, record: dict[str, Any]) -> None:
     """Replace the session's conversation and chat settings with a saved one."""
-    session.load_dict({"settings": record.get("settings", {}), "messages": []})
-    session.messages = messages_from(record["messages"])
+    session.load_dict({"settings": record.get("settings", {}), "messages": record["messages"]})
 
 
 def write(path: Path | str, record: dict[str, Any]) -> Path:
@@ -118,7 +101,7 @@ def read(path: Path | str) -> dict[str, Any]:
 
 def validate(data: Any, path: Path | str = "chat") -> dict[str, Any]:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise ChatFileError(f"{path} is not a gptoss chat file (no \"format\": \"{FORMAT}\")")
+        raise ChatFileError(f'{path} is not a gptoss chat file (no "format": "{FORMAT}")')
     version = data.get("version")
     if not isinstance(version, int) or version < 1:
         raise ChatFileError(f"{path} has a bad version field {version!r}")
@@ -131,15 +114,46 @@ def validate(data: Any, path: Path | str = "chat") -> dict[str, Any]:
     if not isinstance(messages, list):
         raise ChatFileError(f"{path} has no message list")
     for i, m in enumerate(messages):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise ChatFileError(f"{path}: message {i + 1} is malformed (needs a role and text content)")
+        if not (
+            isinstance(m, dict)
+            and isinstance(m.get("role"), str)
+            and isinstance(m.get("content"), str)
+        ):
+            raise ChatFileError(
+                f"{path}: message {i + 1} is malformed (needs a role and text content)"
+            )
         try:
             messages_from([m])
         except (ValueError, TypeError) as e:
             raise ChatFileError(f"{path}: message {i + 1}: {e}") from None
-    if not isinstance(data.get("settings", {}), dict):
+    settings = data.get("settings", {})
+    if not isinstance(settings, dict):
         raise ChatFileError(f"{path} has a malformed settings field")
+    for key, ok in _SETTING_CHECKS.items():
+        if key in settings and not ok(settings[key]):
+            raise ChatFileError(f"{path} has a bad {key} setting: {settings[key]!r}")
     return data
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _int_or_none(v: Any) -> bool:
+    return v is None or (isinstance(v, int) and not isinstance(v, bool))
+
+
+_SETTING_CHECKS = {
+    "effort": lambda v: v in ("low", "medium", "high"),
+    "instructions": lambda v: v is None or isinstance(v, str),
+    "date": lambda v: v is None or isinstance(v, str),
+    "max_tokens": lambda v: v is None or (_int_or_none(v) and v > 0),
+    "temperature": lambda v: _number(v) and v >= 0,
+    "top_p": lambda v: _number(v) and 0 < v <= 1,
+    "top_k": lambda v: _int_or_none(v) and v is not None and v >= 0,
+    "min_p": lambda v: _number(v) and 0 <= v < 1,
+    "seed": _int_or_none,
+}
 
 
 # ---- the autosave directory ----------------------------------------------------------------
@@ -157,7 +171,9 @@ class ChatSummary:
 
 def summarize(record: dict[str, Any], path: Path) -> ChatSummary:
     users = [m["content"] for m in record["messages"] if m.get("role") == "user"]
-    first = next((line.strip() for line in (users[0] if users else "").splitlines() if line.strip()), "")
+    first = next(
+        (line.strip() for line in (users[0] if users else "").splitlines() if line.strip()), ""
+    )
     return ChatSummary(
         id=str(record.get("id") or path.stem),
         path=path,
@@ -202,18 +218,24 @@ def find(ref: str | None, directory: Path | None = None) -> Path:
     exact = directory / f"{ref}.json"
     if exact.is_file():
         return exact
-    matches = sorted(directory.glob(f"{ref}*.json")) if directory.is_dir() and "/" not in ref else []
+    matches = (
+        sorted(directory.glob(f"{ref}*.json")) if directory.is_dir() and "/" not in ref else []
+    )
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
-        raise ChatFileError(f"{ref!r} matches {len(matches)} chats; give more of the id (gptoss chat --list)")
+        raise ChatFileError(
+            f"{ref!r} matches {len(matches)} chats; give more of the id (gptoss chat --list)"
+        )
     raise ChatFileError(f"no saved chat {ref!r}; see gptoss chat --list")
 
 
 class Autosaver:
     """Keeps one conversation's file in chats_dir() up to date."""
 
-    def __init__(self, directory: Path | None = None, chat_id: str | None = None, created: str | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, chat_id: str | None = None, created: str | None = None
+    ) -> None:
         self.directory = directory or chats_dir()
         self.id = chat_id or new_id()
         self.created = created or now()

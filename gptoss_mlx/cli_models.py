@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
@@ -29,47 +28,30 @@ def _out() -> Any:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _exit_interrupted(*_: object) -> None:
-    print(
-        "gptoss: download interrupted; run the same command again to resume (finished files are kept)",
-        file=sys.stderr,
-        flush=True,
-    )
-    sys.stdout.flush()
-    os._exit(130)
-
-
-@contextlib.contextmanager
-def exit_on_interrupt() -> Iterator[None]:
-    """Ctrl-C during a download exits at once.
-
-    snapshot_download's worker threads cannot be cancelled: after a KeyboardInterrupt the process
-    would wait for them to finish their files. A SIGINT handler that exits also fires while the
-    main thread is blocked joining them.
-    """
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, _exit_interrupted)
-    try:
-        yield
-    except KeyboardInterrupt:
-        _exit_interrupted()
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 # -- download ------------------------------------------------------------------------------------
 
 
 def download_cmd(
-    model: Annotated[str, typer.Argument(help="20b, 120b or a hub repo id (e.g. mlx-community/gpt-oss-20b-MXFP4-Q8).")] = "20b",
-    revision: Annotated[str | None, typer.Option("--revision", help="Branch, tag or commit (default: main).", show_default=False)] = None,
-    convert: Annotated[bool, typer.Option("--convert", help="Convert to MLX right after (into the models directory).")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Replace an existing converted model without asking.")] = False,
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="20b, 120b or a hub repo id (e.g. mlx-community/gpt-oss-20b-MXFP4-Q8)."
+        ),
+    ] = "20b",
+    revision: Annotated[
+        str | None,
+        typer.Option(
+            "--revision", help="Branch, tag or commit (default: main).", show_default=False
+        ),
+    ] = None,
+    convert: Annotated[
+        bool,
+        typer.Option("--convert", help="Convert to MLX right after (into the models directory)."),
+    ] = False,
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", "-y", help="Replace an existing converted model without asking."),
+    ] = False,
 ) -> None:
     """Download a gpt-oss model from the Hugging Face hub (only the files gptoss loads)."""
     from . import hub, registry
@@ -77,9 +59,11 @@ def download_cmd(
 
     repo = hub.repo_id_for(model)
     if repo is None:
-        raise UserError(f"{model!r} is not a model on the hub; use 20b, 120b or a repo id (owner/name)")
+        raise UserError(
+            f"{model!r} is not a model on the hub; use 20b, 120b or a repo id (owner/name)"
+        )
     dst = registry.converted_dir(repo)
-    with exit_on_interrupt():
+    with hub.exit_on_interrupt():
         if hub.is_offline():
             path = hub.download(repo, revision=revision)
             print(f"{repo} is already downloaded: {path} (HF_HUB_OFFLINE is set)")
@@ -112,16 +96,11 @@ def _convert_after_download(repo: str, src: Path, dst: Path, *, yes: bool) -> No
         if not Confirm.ask(f"{dst} already exists. Convert again and replace it?", default=False):
             print(f"kept {dst}")
             return
-    try:
-        from .convert import convert
-    except ImportError as e:
-        raise UserError(f"conversion is not available in this installation ({e})") from e
-    result = convert(src, dst, force=dst.exists(), progress=sys.stderr.isatty())
-    out = getattr(result, "dst", result)
-    summary = getattr(result, "summary", None)
-    if callable(summary):
-        print(summary(), file=sys.stderr)
-    print(f"converted {repo} to {out}")
+    from .convert import convert
+
+    report = convert(src, dst, force=dst.exists(), progress=sys.stderr.isatty())
+    print(report.summary(), file=sys.stderr)
+    print(f"converted {repo} to {report.dst}")
 
 
 # -- models / rm -----------------------------------------------------------------------------------
@@ -168,7 +147,10 @@ def _managed_root(path: Path) -> Path | None:
 
 
 def rm_cmd(
-    model: Annotated[str, typer.Argument(help="Model to remove: 20b, 120b, a repo id or a converted model's name.")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Model to remove: 20b, 120b, a repo id or a converted model's name."),
+    ],
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first.")] = False,
 ) -> None:
     """Delete a local model (a converted directory or a Hugging Face download) to free disk space."""
@@ -177,10 +159,14 @@ def rm_cmd(
 
     path = find_local(model)
     if path is None:
-        raise ModelNotFoundError(f"model {model} is not here; nothing to remove (`gptoss models` lists local ones)")
+        raise ModelNotFoundError(
+            f"model {model} is not here; nothing to remove (`gptoss models` lists local ones)"
+        )
     root = _managed_root(path)
     if root is None:
-        raise UserError(f"{path} is not in the models directory or the Hugging Face cache; delete it yourself")
+        raise UserError(
+            f"{path} is not in the models directory or the Hugging Face cache; delete it yourself"
+        )
     size = dir_size(root)
     if not yes:
         if not stdin_is_interactive():
@@ -196,7 +182,9 @@ def rm_cmd(
     if repo is not None:
         other = find_local(model)
         if other is not None:
-            print(f"another copy of {repo} is still at {other}; run `gptoss rm {model}` again to remove it too")
+            print(
+                f"another copy of {repo} is still at {other}; run `gptoss rm {model}` again to remove it too"
+            )
 
 
 # -- info ----------------------------------------------------------------------------------------
@@ -255,8 +243,18 @@ def info_dict(path: Path, context: int | None) -> dict[str, Any]:
 
 
 def info_cmd(
-    model: Annotated[str, typer.Argument(help="20b, 120b, a repo id, a converted model's name or a path.")] = "20b",
-    context: Annotated[int | None, typer.Option("--context", "-c", help="Context length for the memory figures (default: the model's maximum).", show_default=False)] = None,
+    model: Annotated[
+        str, typer.Argument(help="20b, 120b, a repo id, a converted model's name or a path.")
+    ] = "20b",
+    context: Annotated[
+        int | None,
+        typer.Option(
+            "--context",
+            "-c",
+            help="Context length for the memory figures (default: the model's maximum).",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a local model's architecture, size and the memory it needs."""
@@ -272,16 +270,25 @@ def info_cmd(
     rows = [
         ("path", d["path"]),
         ("format", f"{d['format']} ({d['quantization']})"),
-        ("layers", f"{d['layers']} ({d['sliding_layers']} sliding-window of {d['sliding_window']} tokens, {d['full_layers']} full)"),
+        (
+            "layers",
+            f"{d['layers']} ({d['sliding_layers']} sliding-window of {d['sliding_window']} tokens, {d['full_layers']} full)",
+        ),
         ("experts", f"{d['experts']}, {d['experts_per_token']} active per token"),
-        ("parameters", f"{d['params_total'] / 1e9:.2f} B total, {d['params_active'] / 1e9:.2f} B active"),
+        (
+            "parameters",
+            f"{d['params_total'] / 1e9:.2f} B total, {d['params_active'] / 1e9:.2f} B active",
+        ),
         ("max context", f"{d['max_context']} tokens"),
         ("size on disk", human_bytes(d["size_on_disk"])),
-        (f"memory at {d['context']} tokens", (
-            f"{human_bytes(d['memory_total'])} = weights {human_bytes(d['memory_weights'])} + KV cache "
-            f"{human_bytes(d['memory_kv_cache'])} + overhead {human_bytes(d['memory_overhead'])} "
-            f"({d['activation_dtype']} activations)"
-        )),
+        (
+            f"memory at {d['context']} tokens",
+            (
+                f"{human_bytes(d['memory_total'])} = weights {human_bytes(d['memory_weights'])} + KV cache "
+                f"{human_bytes(d['memory_kv_cache'])} + overhead {human_bytes(d['memory_overhead'])} "
+                f"({d['activation_dtype']} activations)"
+            ),
+        ),
         ("available", f"{human_bytes(d['memory_available'])} ({d['memory_available_source']})"),
         ("fits", "no context fits" if fits is None else f"up to {fits} tokens of context"),
     ]
@@ -307,13 +314,20 @@ def _check_platform() -> list[Check]:
     detail = f"{platform.system()} {platform.release()} {platform.machine()}"
     if sys.platform == "darwin":
         detail = f"macOS {platform.mac_ver()[0]} {platform.machine()}"
-    return [Check("platform", "ok" if mac_arm else "warn",
-                  detail + ("" if mac_arm else "; no Apple GPU: runs on the CPU, slowly"))]
+    return [
+        Check(
+            "platform",
+            "ok" if mac_arm else "warn",
+            detail + ("" if mac_arm else "; no Apple GPU: runs on the CPU, slowly"),
+        )
+    ]
 
 
 def _check_python() -> list[Check]:
     ok = sys.version_info >= (3, 11)
-    return [Check("python", "ok" if ok else "fail", f"{platform.python_version()} ({sys.executable})")]
+    return [
+        Check("python", "ok" if ok else "fail", f"{platform.python_version()} ({sys.executable})")
+    ]
 
 
 def _check_mlx() -> list[Check]:
@@ -343,7 +357,13 @@ def _check_memory() -> list[Check]:
     )
 
     total = total_memory_bytes()
-    rows = [Check("memory", "info", f"{human_bytes(total)} total, {human_bytes(available_ram_bytes())} available")]
+    rows = [
+        Check(
+            "memory",
+            "info",
+            f"{human_bytes(total)} total, {human_bytes(available_ram_bytes())} available",
+        )
+    ]
     budget = available_memory()
     rows.append(Check("model budget", "info", f"{human_bytes(budget.bytes)} ({budget.source})"))
     if sys.platform == "darwin":
@@ -353,9 +373,13 @@ def _check_memory() -> list[Check]:
         if wl is None:
             rows.append(Check("GPU wired limit", "info", "iogpu.wired_limit_mb not readable"))
         elif wl == 0:
-            rows.append(Check("GPU wired limit", "info", f"default (about 2/3 to 3/4 of RAM); {how}"))
+            rows.append(
+                Check("GPU wired limit", "info", f"default (about 2/3 to 3/4 of RAM); {how}")
+            )
         else:
-            rows.append(Check("GPU wired limit", "info", f"{wl} MB; {how}" if wl < raise_to else f"{wl} MB"))
+            rows.append(
+                Check("GPU wired limit", "info", f"{wl} MB; {how}" if wl < raise_to else f"{wl} MB")
+            )
     return rows
 
 
@@ -395,9 +419,21 @@ def _check_models() -> list[Check]:
         largest = est.largest_context(budget)
         if largest is None:
             need = est.at(min(top, 4096)).total
-            rows.append(Check(f"model {m.name}", "warn", f"does not fit (needs {human_bytes(need)} at 4096 tokens)"))
+            rows.append(
+                Check(
+                    f"model {m.name}",
+                    "warn",
+                    f"does not fit (needs {human_bytes(need)} at 4096 tokens)",
+                )
+            )
         elif largest >= top:
-            rows.append(Check(f"model {m.name}", "ok", f"fits at its full {top}-token context ({human_bytes(est.at(top).total)})"))
+            rows.append(
+                Check(
+                    f"model {m.name}",
+                    "ok",
+                    f"fits at its full {top}-token context ({human_bytes(est.at(top).total)})",
+                )
+            )
         else:
             rows.append(Check(f"model {m.name}", "ok", f"fits up to {largest} tokens of context"))
     return rows
@@ -421,7 +457,9 @@ def doctor_checks() -> list[Check]:
         try:
             rows.extend(fn())
         except Exception as e:
-            rows.append(Check(fn.__name__.removeprefix("_check_"), "fail", f"{type(e).__name__}: {e}"))
+            rows.append(
+                Check(fn.__name__.removeprefix("_check_"), "fail", f"{type(e).__name__}: {e}")
+            )
     return rows
 
 
@@ -448,7 +486,9 @@ def doctor_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("download")(download_cmd)
+    from .cli_engine import EXIT_CODES_HELP
+
+    app.command("download", epilog=EXIT_CODES_HELP)(download_cmd)
     app.command("models")(models_cmd)
     app.command("rm")(rm_cmd)
     app.command("info")(info_cmd)

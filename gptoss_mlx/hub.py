@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import json
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -21,7 +23,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DownloadError, ModelNotFoundError, NotEnoughDiskError, UserError
+from .errors import (
+    BadCheckpointError,
+    DownloadError,
+    ModelNotFoundError,
+    NotEnoughDiskError,
+    UserError,
+)
 
 ALIASES = {"20b": "openai/gpt-oss-20b", "120b": "openai/gpt-oss-120b"}
 
@@ -57,16 +65,14 @@ def repo_id_for(spec: str) -> str | None:
     return None
 
 
-def alias_for(repo_id: str) -> str | None:
-    return next((a for a, r in ALIASES.items() if r == repo_id), None)
-
-
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def is_offline() -> bool:
-    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(os.environ.get("TRANSFORMERS_OFFLINE"))
+    return _truthy(os.environ.get("HF_HUB_OFFLINE")) or _truthy(
+        os.environ.get("TRANSFORMERS_OFFLINE")
+    )
 
 
 def hf_endpoint() -> str:
@@ -142,7 +148,11 @@ def check_disk(needs: Iterable[tuple[Path, int, str]]) -> None:
         free = free_disk_bytes(d)
         if need > free:
             what = " and ".join(w for _, _, w in items)
-            hint = "set HF_HOME to a bigger disk" if "download" in what else "set GPTOSS_HOME to a bigger disk"
+            hint = (
+                "set HF_HOME to a bigger disk"
+                if "download" in what
+                else "set GPTOSS_HOME to a bigger disk"
+            )
             raise NotEnoughDiskError(
                 f"not enough disk space for the {what}: {human_bytes(need)} needed in {d} but only "
                 f"{human_bytes(free)} free; free up {human_bytes(need - free)} or {hint}"
@@ -186,8 +196,17 @@ class DownloadPlan:
 
 
 def _is_network_error(e: BaseException) -> bool:
-    names = {"ConnectError", "ConnectTimeout", "TimeoutException", "NetworkError", "ConnectionError",
-             "Timeout", "ReadTimeout", "RemoteProtocolError", "OfflineModeIsEnabled"}
+    names = {
+        "ConnectError",
+        "ConnectTimeout",
+        "TimeoutException",
+        "NetworkError",
+        "ConnectionError",
+        "Timeout",
+        "ReadTimeout",
+        "RemoteProtocolError",
+        "OfflineModeIsEnabled",
+    }
     seen: set[int] = set()
     cur: BaseException | None = e
     while cur is not None and id(cur) not in seen:
@@ -220,7 +239,9 @@ def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
                 f"{repo_id} is gated and your HF_TOKEN has no access: accept its licence at {page} "
                 "with that account (or use a token of an account that has)"
             ) from e
-        raise DownloadError(f"{repo_id} is gated: accept its licence on the hub ({page}) and set HF_TOKEN") from e
+        raise DownloadError(
+            f"{repo_id} is gated: accept its licence on the hub ({page}) and set HF_TOKEN"
+        ) from e
     except hfe.RevisionNotFoundError as e:
         raise ModelNotFoundError(
             f"revision {revision!r} not found in {repo_id}; check --revision (a branch, tag or commit)"
@@ -231,11 +252,15 @@ def hub_errors(repo_id: str, revision: str | None = None) -> Iterator[None]:
             + ("" if _has_token() else ", or set HF_TOKEN if it is private")
         ) from e
     except hfe.HFValidationError as e:
-        raise UserError(f"{repo_id!r} is not a valid hub repo id; use owner/name (aliases: {aliases})") from e
+        raise UserError(
+            f"{repo_id!r} is not a valid hub repo id; use owner/name (aliases: {aliases})"
+        ) from e
     except hfe.HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status == 401:
-            raise DownloadError("the hub rejected HF_TOKEN (401 Unauthorized); check it or unset it") from e
+            raise DownloadError(
+                "the hub rejected HF_TOKEN (401 Unauthorized); check it or unset it"
+            ) from e
         raise DownloadError(
             f"the hub answered {status} for {repo_id} ({_first_line(e)}); try again later"
         ) from e
@@ -282,13 +307,14 @@ def plan_download(repo_id: str, revision: str | None = None) -> DownloadPlan:
         s = siblings[name]
         etag = s.lfs.sha256 if s.lfs is not None else (s.blob_id or "")
         files.append(RemoteFile(name, int(s.size or 0), etag))
-    if not any(f.path == "config.json" for f in files) or not any(f.path.endswith(".safetensors") for f in files):
+    if not any(f.path == "config.json" for f in files) or not any(
+        f.path.endswith(".safetensors") for f in files
+    ):
         raise ModelNotFoundError(
             f"{repo_id} has no config.json and .safetensors weights at its root: not a model gptoss can run "
             f"(aliases: {', '.join(ALIASES)})"
         )
-    if info.gated:
-        _check_access(repo_id, str(info.sha))
+    _check_is_gpt_oss(repo_id, str(info.sha))
     plan = DownloadPlan(repo_id, rev, str(info.sha), files)
     blobs = repo_cache_dir(repo_id) / "blobs"
     for f in files:
@@ -297,13 +323,28 @@ def plan_download(repo_id: str, revision: str | None = None) -> DownloadPlan:
     return plan
 
 
-def _check_access(repo_id: str, commit: str) -> None:
-    """A gated repo lists its files to anyone; ask for one to learn whether ours may download."""
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+def _check_is_gpt_oss(repo_id: str, commit: str) -> None:
+    """Fetch config.json first: a wrong repo fails before gigabytes arrive, and so does a gated
+    one (gated repos list their files to anyone)."""
+    from huggingface_hub import hf_hub_download
 
-    url = hf_hub_url(repo_id, "config.json", revision=commit, endpoint=hf_endpoint())
     with hub_errors(repo_id, commit):
-        get_hf_file_metadata(url)
+        path = hf_hub_download(
+            repo_id,
+            "config.json",
+            revision=commit,
+            cache_dir=str(hf_cache_dir()),
+            endpoint=hf_endpoint(),
+        )
+    try:
+        model_type = json.loads(Path(path).read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if model_type != "gpt_oss":
+        raise BadCheckpointError(
+            f"{repo_id} is not a gpt-oss model (model_type {model_type!r}); gptoss runs openai/gpt-oss-20b, "
+            "openai/gpt-oss-120b and their MLX conversions"
+        )
 
 
 def _remove_stale_partials(plan: DownloadPlan) -> None:
@@ -365,7 +406,9 @@ def download(repo_id: str, *, revision: str | None = None, progress: bool = True
     from .registry import cached_snapshot
 
     if not REPO_ID_RE.match(repo_id):
-        raise UserError(f"{repo_id!r} is not a hub repo id; use owner/name (aliases: {', '.join(ALIASES)})")
+        raise UserError(
+            f"{repo_id!r} is not a hub repo id; use owner/name (aliases: {', '.join(ALIASES)})"
+        )
     if is_offline():
         found = cached_snapshot(repo_id, revision or "main")
         if found is None:
@@ -378,11 +421,41 @@ def download(repo_id: str, *, revision: str | None = None, progress: bool = True
     return fetch(plan, progress=progress)
 
 
+def _exit_interrupted(*_: object) -> None:
+    print(
+        "gptoss: download interrupted; run the same command again to resume (finished files are kept)",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.stdout.flush()
+    os._exit(130)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """Ctrl-C during a download exits at once.
+
+    snapshot_download's worker threads cannot be cancelled: after a KeyboardInterrupt the process
+    would wait for them to finish their files. A SIGINT handler that exits also fires while the
+    main thread is blocked joining them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    try:
+        yield
+    except KeyboardInterrupt:
+        _exit_interrupted()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _ProgressWatcher:
     """Rich progress bars fed by the sizes of the cache's blob files as they grow.
 
-    Watching the files (instead of hooking huggingface_hub's tqdm bars) works the same for plain
-    HTTP and Xet transfers and across huggingface_hub versions.
+    Watching the files instead of hooking huggingface_hub's tqdm bars keeps this independent of
+    huggingface_hub's progress internals, which differ between its versions.
     """
 
     def __init__(self, plan: DownloadPlan, interval: float = 0.2) -> None:
@@ -435,7 +508,9 @@ class _ProgressWatcher:
             console=Console(stderr=True),
         )
         self._total_task = self._progress.add_task(
-            f"[bold]{plan.repo_id}", total=plan.total_bytes, completed=plan.total_bytes - plan.missing_bytes
+            f"[bold]{plan.repo_id}",
+            total=plan.total_bytes,
+            completed=plan.total_bytes - plan.missing_bytes,
         )
         for f in missing:
             if f.path.endswith(".safetensors"):

@@ -96,7 +96,9 @@ def cast_activations(model: Model, dtype: mx.Dtype) -> None:
     model.dtype = dtype
 
     def cast(path: str, a: mx.array) -> mx.array:
-        if not mx.issubdtype(a.dtype, mx.floating) or path.startswith("model.embed_tokens"):
+        # The dense embedding table stays as stored (rows are cast when gathered); a quantized
+        # one's scales and biases are cast so rows dequantize at full precision.
+        if not mx.issubdtype(a.dtype, mx.floating) or path == "model.embed_tokens.weight":
             return a
         return a.astype(dtype)
 

@@ -10,7 +10,7 @@ The estimate is weights + KV cache + overhead:
   them (MLX's CPU backend does; Metal's fused kernel does not), the copy a full-layer cache makes
   when it grows, last-token logits and sampling buffers, and a fixed runtime margin.
 The activation terms were checked against MLX's peak-memory counter on the tiny model
-(tests/test_memory.py) and carry a 2x margin.
+(tests/test_memory.py) and carry a 1.5x margin.
 
 The budget: GPTOSS_MEMORY_LIMIT_BYTES if set (e.g. "24GB"; handy to keep room for other apps),
 else on a Mac with Metal the GPU working-set limit (raised with `sysctl iogpu.wired_limit_mb`),
@@ -35,7 +35,7 @@ GiB = 1024**3
 PREFILL_CHUNK = 512  # tokens per prefill step; generate.PREFILL_CHUNK
 KV_STEP = 256  # a full-attention cache grows by this many tokens at a time (cache.FullKVCache.step)
 RUNTIME_MARGIN = 512 * MiB  # MLX runtime, Python, the tokenizer
-ACTIVATION_SAFETY = 2
+ACTIVATION_SAFETY = 1.5
 MIN_USEFUL_CONTEXT = 1024
 FLOAT_DTYPES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
 # 20b, for suggesting it when 120b does not fit: download size of its weights, config defaults.
@@ -65,7 +65,7 @@ class MemoryBudget:
 
 
 def parse_bytes(text: str) -> int:
-    """"24GB", "24G", "24GiB", "512MB" or a plain number of bytes (units are binary)."""
+    """ "24GB", "24G", "24GiB", "512MB" or a plain number of bytes (units are binary)."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(i?b)?\s*", text.lower())
     if not m:
         raise UserError(f"cannot read {text!r} as a size; use bytes or e.g. 24GB, 512MB")
@@ -205,11 +205,19 @@ def kv_cache_bytes(cfg: ModelConfig, context: int, dtype_bytes: int) -> int:
     """`cfg.kv_cache_bytes` with full layers counted at their allocated size."""
     per_token_layer = 2 * cfg.num_key_value_heads * cfg.head_dim * dtype_bytes
     rounded = math.ceil(context / KV_STEP) * KV_STEP
-    return cfg.kv_cache_bytes(context, dtype_bytes) + per_token_layer * cfg.n_full_layers * (rounded - context)
+    return cfg.kv_cache_bytes(context, dtype_bytes) + per_token_layer * cfg.n_full_layers * (
+        rounded - context
+    )
 
 
-def activation_bytes(cfg: ModelConfig, context: int, dtype_bytes: int, *, fused_attention: bool,
-                     chunk: int = PREFILL_CHUNK) -> int:
+def activation_bytes(
+    cfg: ModelConfig,
+    context: int,
+    dtype_bytes: int,
+    *,
+    fused_attention: bool,
+    chunk: int = PREFILL_CHUNK,
+) -> int:
     """Peak temporaries while prefilling one chunk at `context` (without the runtime margin)."""
     h, i, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts_per_tok
     q = cfg.num_attention_heads * cfg.head_dim
@@ -218,9 +226,11 @@ def activation_bytes(cfg: ModelConfig, context: int, dtype_bytes: int, *, fused_
     per_token = 4 * h + 2 * q + 2 * kv + 2 * cfg.num_local_experts + k * (3 * h + 3 * i)
     layer = n * per_token * dtype_bytes
     scores = 0 if fused_attention else 3 * n * cfg.num_attention_heads * (context + 1) * 4
-    growth = 2 * kv * dtype_bytes * math.ceil(context / KV_STEP) * KV_STEP if cfg.n_full_layers else 0
+    growth = (
+        2 * kv * dtype_bytes * math.ceil(context / KV_STEP) * KV_STEP if cfg.n_full_layers else 0
+    )
     logits = 4 * cfg.vocab_size * 4
-    return ACTIVATION_SAFETY * (layer + scores) + growth + logits
+    return int(ACTIVATION_SAFETY * (layer + scores)) + growth + logits
 
 
 class Estimator:
@@ -232,7 +242,9 @@ class Estimator:
 
     def at(self, context: int) -> MemoryEstimate:
         kv = kv_cache_bytes(self.cfg, context, self.dtype_bytes)
-        over = RUNTIME_MARGIN + activation_bytes(self.cfg, context, self.dtype_bytes, fused_attention=self.fused)
+        over = RUNTIME_MARGIN + activation_bytes(
+            self.cfg, context, self.dtype_bytes, fused_attention=self.fused
+        )
         return MemoryEstimate(self.weights, kv, over, context, self.dtype_bytes)
 
     def largest_context(self, budget: int) -> int | None:
@@ -248,13 +260,20 @@ class Estimator:
         return lo if lo < KV_STEP else lo // KV_STEP * KV_STEP
 
 
-def estimate(model_dir: Path, context: int, *, dtype_bytes: int, fused_attention: bool | None = None) -> MemoryEstimate:
+def estimate(
+    model_dir: Path, context: int, *, dtype_bytes: int, fused_attention: bool | None = None
+) -> MemoryEstimate:
     """Memory to run the model in `model_dir` with `context` tokens of context."""
     return Estimator(Path(model_dir), dtype_bytes, fused_attention).at(context)
 
 
-def largest_context_that_fits(model_dir: Path, *, dtype_bytes: int, available: int | None = None,
-                              fused_attention: bool | None = None) -> int | None:
+def largest_context_that_fits(
+    model_dir: Path,
+    *,
+    dtype_bytes: int,
+    available: int | None = None,
+    fused_attention: bool | None = None,
+) -> int | None:
     """The longest context (a multiple of 256 when above it) that fits the budget; None if none does."""
     budget = available if available is not None else available_memory().bytes
     return Estimator(Path(model_dir), dtype_bytes, fused_attention).largest_context(budget)
@@ -262,20 +281,42 @@ def largest_context_that_fits(model_dir: Path, *, dtype_bytes: int, available: i
 
 def _fits_20b(context: int, dtype_bytes: int, budget: int, fused: bool) -> bool:
     cfg = ModelConfig()  # its defaults are gpt-oss-20b's
-    cfg.layer_types = ["sliding_attention" if n % 2 == 0 else "full_attention" for n in range(cfg.num_hidden_layers)]
-    need = (WEIGHTS_20B + kv_cache_bytes(cfg, context, dtype_bytes) + RUNTIME_MARGIN
-            + activation_bytes(cfg, context, dtype_bytes, fused_attention=fused))
+    cfg.layer_types = [
+        "sliding_attention" if n % 2 == 0 else "full_attention"
+        for n in range(cfg.num_hidden_layers)
+    ]
+    counts = cfg.param_counts()
+    expert_matrices = (
+        cfg.num_hidden_layers * cfg.num_local_experts * 3 * cfg.hidden_size * cfg.intermediate_size
+    )
+    cast = counts["total"] - counts["embedding"] - expert_matrices  # bf16 on disk, dtype in memory
+    need = (
+        WEIGHTS_20B
+        + cast * (dtype_bytes - 2)
+        + kv_cache_bytes(cfg, context, dtype_bytes)
+        + RUNTIME_MARGIN
+        + activation_bytes(cfg, context, dtype_bytes, fused_attention=fused)
+    )
     return need <= budget
 
 
-def check_memory(model_dir: Path, context: int, *, dtype_bytes: int, force: bool = False,
-                 available: int | None = None, fused_attention: bool | None = None) -> MemoryEstimate:
+def check_memory(
+    model_dir: Path,
+    context: int,
+    *,
+    dtype_bytes: int,
+    force: bool = False,
+    available: int | None = None,
+    fused_attention: bool | None = None,
+) -> MemoryEstimate:
     """Return the estimate if the model fits (or `force`); else NotEnoughMemoryError saying what fits."""
     from .hub import human_bytes
 
     est = Estimator(Path(model_dir), dtype_bytes, fused_attention)
     need = est.at(context)
-    budget = MemoryBudget(available, "given budget") if available is not None else available_memory()
+    budget = (
+        MemoryBudget(available, "given budget") if available is not None else available_memory()
+    )
     if force or need.total <= budget.bytes:
         return need
     from .registry import model_name
@@ -286,13 +327,15 @@ def check_memory(model_dir: Path, context: int, *, dtype_bytes: int, force: bool
     largest = est.largest_context(budget.bytes)
     if largest is not None and largest >= min(MIN_USEFUL_CONTEXT, context):
         options.append(f"use --context {largest}")
-    if cfg.num_hidden_layers > 24 and _fits_20b(min(context, largest or context), dtype_bytes, budget.bytes, est.fused):
+    if cfg.num_hidden_layers > 24 and _fits_20b(context, dtype_bytes, budget.bytes, est.fused):
         options.append("use the 20b model (-m 20b)")
     if budget.source == "GPU working-set limit":
         total = total_memory_bytes()
         want_mb = math.ceil(need.total / MiB) + 1024
         if want_mb <= suggested_wired_limit_mb(total):
-            options.append(f"raise the GPU memory limit: sudo sysctl iogpu.wired_limit_mb={want_mb}")
+            options.append(
+                f"raise the GPU memory limit: sudo sysctl iogpu.wired_limit_mb={want_mb}"
+            )
     options.append("pass --force to try anyway")
     raise NotEnoughMemoryError(
         f"{name} needs about {human_bytes(need.total)} at {context} tokens of context "

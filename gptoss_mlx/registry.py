@@ -92,7 +92,9 @@ def safetensors_header(path: Path) -> dict[str, Any]:
                 raise ValueError(f"header of {n} bytes")
             header = json.loads(f.read(n))
     except (OSError, ValueError) as e:
-        raise BadCheckpointError(f"cannot read {path} ({e}); the file is damaged, re-download it") from e
+        raise BadCheckpointError(
+            f"cannot read {path} ({e}); the file is damaged, re-download it"
+        ) from e
     header.pop("__metadata__", None)
     return header
 
@@ -213,14 +215,16 @@ def list_local_models() -> list[LocalModel]:
     cache = hub.hf_cache_dir()
     if cache.is_dir():
         for repo_dir in sorted(cache.glob("models--*--*")):
-            repo_id = repo_dir.name[len("models--"):].replace("--", "/", 1)
+            repo_id = repo_dir.name[len("models--") :].replace("--", "/", 1)
             snap = cached_snapshot(repo_id)
             if snap is not None:
                 if _is_gpt_oss(snap):
                     out.append(_describe(repo_id, "hf-cache", snap))
             else:
                 partial = _incomplete_snapshot(repo_id)
-                if partial is not None and (repo_id in hub.ALIASES.values() or _is_gpt_oss(partial)):
+                if partial is not None and (
+                    repo_id in hub.ALIASES.values() or _is_gpt_oss(partial)
+                ):
                     out.append(_describe(repo_id, "hf-cache", partial))
     return out
 
@@ -236,7 +240,9 @@ def _looks_like_path(spec: str) -> bool:
 
 def _model_dir_or_error(path: Path) -> Path:
     if not path.is_dir():
-        raise ModelNotFoundError(f"model directory {path} does not exist; run `gptoss models` to list local models")
+        raise ModelNotFoundError(
+            f"model directory {path} does not exist; run `gptoss models` to list local models"
+        )
     if not (path / "config.json").is_file():
         raise BadCheckpointError(f"{path} has no config.json: not a model directory")
     return path.resolve()
@@ -309,8 +315,11 @@ def resolve_model(spec: str, *, yes: bool, interactive: bool) -> Path:
         size = APPROX_DOWNLOAD_BYTES.get(repo)
         size_note = f" ({hub.human_bytes(size)})" if size else ""
         if not _ask(f"{display_name(repo)} is not downloaded{size_note}. Download it now?"):
-            raise ModelNotFoundError(f"model {spec} is not downloaded; run `{how}` when you want it")
-    path = hub.download(repo)
+            raise ModelNotFoundError(
+                f"model {spec} is not downloaded; run `{how}` when you want it"
+            )
+    with hub.exit_on_interrupt():
+        path = hub.download(repo)
     if not is_complete(path):
         raise BadCheckpointError(f"{repo} downloaded but {path} is incomplete; run `{how}` again")
     return path

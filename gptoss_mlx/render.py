@@ -45,6 +45,8 @@ def footer_text(stats: Any, used: int, limit: int) -> tuple[str, str | None]:
         parts.append("cut at --max-tokens")
     elif reason == "context_full":
         parts.append("cut: context full")
+    elif reason == "tool_call":
+        parts.append("stopped at a tool call (chat runs no tools)")
     if stats.time_to_first_token > 0:
         parts.append(f"{stats.time_to_first_token:.2f} s to first token")
     if stats.decode_tps > 0:
@@ -98,7 +100,11 @@ class MarkdownTail:
             head = "\n".join(lines[:complete]) + "\n" + fence + "\n"
             self.text = lines[opener].strip() + "\n" + lines[-1]
             return head
-        if fence is None and cut == 0 and (complete > self.max_lines or len(self.text) > self.max_chars):
+        if (
+            fence is None
+            and cut == 0
+            and (complete > self.max_lines or len(self.text) > self.max_chars)
+        ):
             cut = complete if complete else 0
             if cut == 0:  # one enormous line: break it at a space
                 at = self.text.rfind(" ", 0, self.max_chars)
@@ -121,7 +127,9 @@ def _starts_block(line: str) -> bool:
 class Renderer:
     """Prints a chat's turns to `console`; `reasoning` is collapse, show or hide."""
 
-    def __init__(self, console: Console, *, reasoning: str = "collapse", plain: bool | None = None) -> None:
+    def __init__(
+        self, console: Console, *, reasoning: str = "collapse", plain: bool | None = None
+    ) -> None:
         self.console = console
         self.reasoning = reasoning
         self.plain = use_plain(console) if plain is None else plain
@@ -144,7 +152,11 @@ class Renderer:
 
     def footer(self, stats: Any, used: int, limit: int) -> None:
         line, warning = footer_text(stats, used, limit)
-        style = "yellow" if getattr(stats, "finish_reason", "") in ("interrupted", "length", "context_full") else "dim"
+        style = (
+            "yellow"
+            if getattr(stats, "finish_reason", "") in ("interrupted", "length", "context_full")
+            else "dim"
+        )
         self.console.print(Text(line, style=style), soft_wrap=True)
         if warning:
             self.warn(warning)
@@ -159,11 +171,17 @@ class Renderer:
         """Show the end of a loaded conversation: the last user messages and their answers."""
         users = [i for i, m in enumerate(messages) if m.role == "user"]
         for i in users[-exchanges:]:
-            self.console.print(Text(">>> ", style="bold") + Text(messages[i].content), soft_wrap=True)
+            self.console.print(
+                Text(">>> ", style="bold") + Text(messages[i].content), soft_wrap=True
+            )
             for m in messages[i + 1 :]:
                 if m.role == "user":
                     break
-                if m.role == "assistant" and m.channel in (None, "final", "commentary") and not m.recipient:
+                if (
+                    m.role == "assistant"
+                    and m.channel in (None, "final", "commentary")
+                    and not m.recipient
+                ):
                     self.markdown(m.content)
                     if getattr(m, "interrupted", False):
                         self.warn("(interrupted)")
@@ -173,7 +191,6 @@ class TurnView:
     """Renders one reply's events as they arrive. Use as a context manager around the stream."""
 
     def __init__(self, renderer: Renderer) -> None:
-        self.r = renderer
         self.console = renderer.console
         self.mode = renderer.reasoning
         self.plain = renderer.plain
@@ -186,9 +203,9 @@ class TurnView:
         self.pending_line = ""  # /reasoning show: the unfinished reasoning line
         self.tail = MarkdownTail(*self._tail_limits())
         self.prefill: tuple[int, int] | None = None
-        self.started = time.perf_counter()
         self.last_refresh = 0.0
         self.plain_answer_open = False
+        self.closed = False
 
     def _tail_limits(self) -> tuple[int, int]:
         height = max(self.console.height, 10)
@@ -201,15 +218,26 @@ class TurnView:
             from rich.live import Live
 
             self.live = Live(
-                self, console=self.console, auto_refresh=False, transient=True,
-                redirect_stdout=False, redirect_stderr=False, vertical_overflow="crop",
+                self,
+                console=self.console,
+                auto_refresh=False,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+                vertical_overflow="crop",
             )
             self.live.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         try:
             self._end_segment()
+            self.closed = True
         finally:
             if self.live is not None:
                 self.live.stop()
@@ -229,8 +257,15 @@ class TurnView:
             self._end_segment()
             self.phase = None
             label = Text("tool call ", style="bold magenta") + Text(ev.recipient, style="magenta")
-            self._print(label + Text(" " + ev.arguments.strip()), plain=f"[tool call] {ev.recipient} {ev.arguments.strip()}")
-        elif isinstance(ev, harmony.MessageEnd) and ev.channel == "analysis" and self.phase == "reasoning":
+            self._print(
+                label + Text(" " + ev.arguments.strip()),
+                plain=f"[tool call] {ev.recipient} {ev.arguments.strip()}",
+            )
+        elif (
+            isinstance(ev, harmony.MessageEnd)
+            and ev.channel == "analysis"
+            and self.phase == "reasoning"
+        ):
             self.reasoning_end = time.perf_counter()
         self._refresh()
 
@@ -270,19 +305,22 @@ class TurnView:
             self._print_markdown(chunk)
 
     def _end_segment(self) -> None:
-        if self.phase == "reasoning":
+        # The live region is redrawn after every print: leave the phase first, so what is
+        # printed here does not show up a second time below itself.
+        phase, self.phase = self.phase, None
+        if phase == "reasoning":
             end = self.reasoning_end or time.perf_counter()
             summary = reasoning_summary(end - self.reasoning_start, self.reasoning_tokens)
+            pending, self.pending_line = self.pending_line, ""
             if self.mode == "show":
                 if self.plain:
-                    self._write("\n" if not "".join(self.reasoning_parts).endswith("\n") else "")
-                elif self.pending_line:
-                    self._print(Padding(Text(self.pending_line, style="dim"), (0, 0, 0, 2)))
-                self.pending_line = ""
+                    self._write("" if "".join(self.reasoning_parts).endswith("\n") else "\n")
+                elif pending:
+                    self._print(Padding(Text(pending, style="dim"), (0, 0, 0, 2)))
                 self._print(Text(f"({summary})", style="dim"), plain=f"({summary})")
             else:
                 self._print(Text(f"▸ {summary}", style="dim"), plain=f"[{summary}]")
-        elif self.phase == "answer":
+        elif phase == "answer":
             if self.plain:
                 if self.plain_answer_open:
                     self._write("\n")
@@ -291,7 +329,6 @@ class TurnView:
                 rest = self.tail.take_all()
                 if rest.strip():
                     self._print_markdown(rest)
-        self.phase = None
 
     # ---- output -------------------------------------------------------------------------
     def _write(self, text: str) -> None:
@@ -300,7 +337,9 @@ class TurnView:
 
     def _print(self, renderable: Any, plain: str | None = None) -> None:
         if self.plain:
-            self.console.print(Text(plain if plain is not None else str(renderable)), soft_wrap=True)
+            self.console.print(
+                Text(plain if plain is not None else str(renderable)), soft_wrap=True
+            )
         else:
             self.console.print(renderable)
 
@@ -320,7 +359,9 @@ class TurnView:
     # ---- the live region (rich calls this on refresh) ----------------------------------
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         parts: list[Any] = []
-        if self.phase is None:
+        if self.closed:
+            pass
+        elif self.phase is None:
             label = "thinking"
             if self.prefill and self.prefill[1] > 0 and self.prefill[0] < self.prefill[1]:
                 label = f"reading prompt {self.prefill[0]:,}/{self.prefill[1]:,}"
@@ -331,19 +372,25 @@ class TurnView:
                 parts.append(Spinner("dots", Text(f"thinking… {seconds:.0f} s", style="dim")))
             elif self.mode == "show":
                 if self.pending_line:
-                    parts.append(Padding(self._last_lines(self.pending_line, options, 6), (0, 0, 0, 2)))
+                    parts.append(
+                        Padding(
+                            self._last_lines(self.pending_line, console, options, 6), (0, 0, 0, 2)
+                        )
+                    )
             else:
                 parts.append(Text(f"thinking… {seconds:.0f} s", style="dim bold"))
                 tail = "".join(self.reasoning_parts)[-4000:]
                 lines = max(3, min(10, options.size.height // 3))
-                parts.append(Padding(self._last_lines(tail.strip(), options, lines), (0, 0, 0, 2)))
+                parts.append(
+                    Padding(self._last_lines(tail.strip(), console, options, lines), (0, 0, 0, 2))
+                )
         elif self.tail.text.strip():
             parts.append(Markdown(self.tail.text, code_theme=CODE_THEME))
         yield Group(*parts)
 
     @staticmethod
-    def _last_lines(text: str, options: ConsoleOptions, n: int) -> Text:
+    def _last_lines(text: str, console: Console, options: ConsoleOptions, n: int) -> Text:
         width = max(options.max_width - 2, 10)
         t = Text(text, style="dim")
-        lines = t.wrap(options.console, width)
+        lines = t.wrap(console, width)
         return Text("\n", style="dim").join(lines[-n:])

@@ -6,14 +6,14 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from prompt_toolkit import PromptSession
 from prompt_toolkit.application.current import get_app
 from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion, PathCompleter
 from prompt_toolkit.document import Document
-from prompt_toolkit.filters import Condition
+from prompt_toolkit.filters import Condition, is_searching
 from prompt_toolkit.formatted_text import HTML
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings
@@ -82,14 +82,18 @@ class SlashCompleter(Completer):
     def __init__(self) -> None:
         self.paths = PathCompleter(expanduser=True)
 
-    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+    def get_completions(
+        self, document: Document, complete_event: CompleteEvent
+    ) -> Iterable[Completion]:
         text = document.text_before_cursor
         if not text.startswith("/") or "\n" in text:
             return
         if " " not in text:
             for name in COMMANDS:
                 if name.startswith(text):
-                    yield Completion(name, start_position=-len(text), display_meta=COMMANDS[name][1])
+                    yield Completion(
+                        name, start_position=-len(text), display_meta=COMMANDS[name][1]
+                    )
             return
         command, _, arg = text.partition(" ")
         command = ALIASES.get(command, command)
@@ -112,12 +116,20 @@ def key_bindings() -> KeyBindings:
     def _block_line(event: Any) -> None:
         event.current_buffer.insert_text("\n")
 
+    @kb.add("c-c", filter=~is_searching)
+    def _clear(event: Any) -> None:
+        if event.current_buffer.text:
+            event.current_buffer.reset()
+        else:
+            event.app.exit(exception=KeyboardInterrupt)
+
     return kb
 
 
 class Repl:
     """`gptoss chat`. Pass prompt_toolkit `input`/`output` and a rich `console` to drive it from
-    tests; `on_event` sees every reply event before it is shown (a test hook)."""
+    tests; `on_event` sees every reply event before it is shown (a test hook). `lines` reads
+    plain lines instead (stdin that is not a terminal)."""
 
     def __init__(
         self,
@@ -133,6 +145,7 @@ class Repl:
         plain: bool | None = None,
         model_name: str | None = None,
         on_event: Callable[[harmony.Event], None] | None = None,
+        lines: TextIO | None = None,
     ) -> None:
         self.session = session
         self.console = console or Console()
@@ -141,22 +154,10 @@ class Repl:
         self.autosave = autosave
         self.model_name = model_name or str(getattr(session, "model_path", "") or "model")
         self.on_event = on_event
-        if history is None:
-            history = InMemoryHistory()
-        elif not isinstance(history, History):
-            Path(history).parent.mkdir(parents=True, exist_ok=True)
-            history = FileHistory(str(history))
-        self.prompt = PromptSession(
-            history=history,
-            auto_suggest=AutoSuggestFromHistory(),
-            completer=SlashCompleter(),
-            complete_while_typing=True,
-            key_bindings=key_bindings(),
-            prompt_continuation=lambda width, line, wrap: CONTINUATION.rjust(width),
-            placeholder=HTML("<style fg='ansibrightblack'>Send a message (/help for commands)</style>"),
-            input=input,
-            output=output,
-        )
+        self.lines = lines
+        self._history = history
+        self._io = (input, output)
+        self._prompt: PromptSession | None = None
         self.commands: dict[str, Callable[[str], bool | None]] = {
             "/help": self.cmd_help,
             "/effort": self.cmd_effort,
@@ -173,13 +174,39 @@ class Repl:
             "/exit": self.cmd_exit,
         }
 
+    @property
+    def prompt(self) -> PromptSession:
+        """Built on first use: a PromptSession grabs the terminal (and warns on a pipe)."""
+        if self._prompt is None:
+            history = self._history
+            if history is None:
+                history = InMemoryHistory()
+            elif not isinstance(history, History):
+                Path(history).parent.mkdir(parents=True, exist_ok=True)
+                history = FileHistory(str(history))
+            self._prompt = PromptSession(
+                history=history,
+                auto_suggest=AutoSuggestFromHistory(),
+                completer=SlashCompleter(),
+                complete_while_typing=True,
+                key_bindings=key_bindings(),
+                prompt_continuation=lambda width, line, wrap: CONTINUATION.rjust(width),
+                placeholder=HTML(
+                    "<style fg='ansibrightblack'>Send a message (/help for commands)</style>"
+                ),
+                input=self._io[0],
+                output=self._io[1],
+            )
+        return self._prompt
+
     # ---- the loop -----------------------------------------------------------------------
     def run(self) -> None:
         self.banner()
         while True:
             try:
-                line = self.prompt.prompt(PROMPT)
+                line = self.read()
             except KeyboardInterrupt:
+                self.renderer.info("(Ctrl-D or /exit to leave)")
                 continue
             except EOFError:
                 break
@@ -193,6 +220,20 @@ class Repl:
         self.save()
         if self.session.messages and self.autosave:
             self.renderer.info(f"chat saved: resume with gptoss chat --resume {self.saver.id}")
+
+    def read(self) -> str:
+        if self.lines is None:
+            return self.prompt.prompt(PROMPT)
+        line = self.lines.readline()
+        if not line:
+            raise EOFError
+        while open_block(line):
+            more = self.lines.readline()
+            if not more:
+                break
+            line += more
+        self.renderer.say(PROMPT + line.rstrip("\n"))
+        return line
 
     def handle(self, line: str) -> bool:
         """Act on one input; False means leave."""
@@ -211,7 +252,9 @@ class Repl:
             if command is None:
                 hint = closest_command(name)
                 did_you_mean = f"; did you mean {hint}?" if hint else ""
-                raise UserError(f"unknown command {name}{did_you_mean} (/help lists them; // sends a message starting with /)")
+                raise UserError(
+                    f"unknown command {name}{did_you_mean} (/help lists them; // sends a message starting with /)"
+                )
             return command(arg.strip()) is not False
         return self.send(text)
 
@@ -243,7 +286,9 @@ class Repl:
         finally:
             self.session.progress = None
             self.save()
-        self.renderer.footer(result.stats, self.session.context_used(), self.session.settings.context)
+        self.renderer.footer(
+            result.stats, self.session.context_used(), self.session.settings.context
+        )
         return result
 
     def save(self) -> None:
@@ -263,7 +308,9 @@ class Repl:
 
     def cmd_effort(self, arg: str) -> None:
         if not arg:
-            self.renderer.say(f"reasoning effort: {self.session.settings.effort} (/effort low|medium|high)")
+            self.renderer.say(
+                f"reasoning effort: {self.session.settings.effort} (/effort low|medium|high)"
+            )
             return
         value = arg.lower()
         if value not in EFFORTS:
@@ -274,7 +321,9 @@ class Repl:
 
     def cmd_reasoning(self, arg: str) -> None:
         if not arg:
-            self.renderer.say(f"reasoning: {self.renderer.reasoning} (/reasoning show|hide|collapse)")
+            self.renderer.say(
+                f"reasoning: {self.renderer.reasoning} (/reasoning show|hide|collapse)"
+            )
             return
         value = arg.lower()
         if value not in REASONING_MODES:
@@ -292,7 +341,11 @@ class Repl:
             return
         s.instructions = None if arg.lower() in ("off", "none", "clear") else arg
         self.save()
-        self.renderer.info("instructions cleared" if s.instructions is None else "instructions set (from the next reply)")
+        self.renderer.info(
+            "instructions cleared"
+            if s.instructions is None
+            else "instructions set (from the next reply)"
+        )
 
     def cmd_reset(self, arg: str) -> None:
         old = self.saver.id if self.session.messages else None
@@ -308,7 +361,9 @@ class Repl:
             raise UserError("nothing to undo")
         self.save()
         first = users[-1].content.strip().splitlines()[0] if users[-1].content.strip() else ""
-        self.renderer.info(f"removed the last exchange ({_clip(first, 60)!r}); {len(users) - 1} left")
+        self.renderer.info(
+            f"removed the last exchange ({_clip(first, 60)!r}); {len(users) - 1} left"
+        )
 
     def cmd_retry(self, arg: str) -> None:
         kept = list(self.session.messages)
@@ -322,7 +377,9 @@ class Repl:
     def cmd_save(self, arg: str) -> None:
         if not arg:
             raise UserError("/save needs a file name, e.g. /save chat.json")
-        record = chatstore.to_record(self.session, chat_id=self.saver.id, created=self.saver.created)
+        record = chatstore.to_record(
+            self.session, chat_id=self.saver.id, created=self.saver.created
+        )
         path = chatstore.write(arg, record)
         self.renderer.info(f"saved {len(self.session.messages)} messages to {path}")
 
@@ -343,7 +400,10 @@ class Repl:
             self.renderer.say("no reply yet")
             return
         rows = [
-            ("prompt tokens", f"{st.prompt_tokens:,} ({st.prompt_tokens - st.prefilled_tokens:,} from the cache)"),
+            (
+                "prompt tokens",
+                f"{st.prompt_tokens:,} ({st.prompt_tokens - st.prefilled_tokens:,} from the cache)",
+            ),
             ("generated tokens", f"{st.generated_tokens:,}"),
             ("time to first token", f"{st.time_to_first_token:.2f} s"),
             ("prompt speed", f"{st.prefill_tps:.1f} tok/s"),
@@ -365,7 +425,9 @@ class Repl:
         if cache is not None:
             self.renderer.say(f"  {'KV cache memory':<20} {_bytes(cache)}")
         if self.session.last_stats is not None:
-            self.renderer.say(f"  {'peak memory':<20} {_bytes(self.session.last_stats.peak_memory_bytes)}")
+            self.renderer.say(
+                f"  {'peak memory':<20} {_bytes(self.session.last_stats.peak_memory_bytes)}"
+            )
 
     def cmd_model(self, arg: str) -> None:
         s = self.session.settings
@@ -373,7 +435,9 @@ class Repl:
         self.renderer.say(f"  {'model':<20} {self.model_name}")
         self.renderer.say(f"  {'context':<20} {s.context:,} tokens")
         self.renderer.say(f"  {'effort':<20} {s.effort}")
-        self.renderer.say(f"  {'sampling':<20} temperature {sp.temperature}, top-p {sp.top_p}, top-k {sp.top_k}, min-p {sp.min_p}, seed {sp.seed}")
+        self.renderer.say(
+            f"  {'sampling':<20} temperature {sp.temperature}, top-p {sp.top_p}, top-k {sp.top_k}, min-p {sp.min_p}, seed {sp.seed}"
+        )
         self.renderer.say(f"  {'max tokens':<20} {s.max_tokens or 'what the context allows'}")
 
     def cmd_exit(self, arg: str) -> bool:

@@ -267,6 +267,10 @@ def harmony_encodings_dir(model_dir: Path) -> Path:
     beside = model_dir / ".gptoss"
     if (beside / TIKTOKEN_FILE).is_file():
         return beside
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    cached = paths.cache_dir() / "encodings" / digest
+    if (cached / TIKTOKEN_FILE).is_file():
+        return cached
     content = tiktoken_base_bytes(source)
     if hashlib.sha256(content).hexdigest() != O200K_BASE_SHA256:
         raise BadCheckpointError(
@@ -275,13 +279,9 @@ def harmony_encodings_dir(model_dir: Path) -> Path:
     try:
         atomic_write_bytes(beside / TIKTOKEN_FILE, content)
         return beside
-    except OSError:
-        pass
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    cached = paths.cache_dir() / "encodings" / digest
-    if not (cached / TIKTOKEN_FILE).is_file():
+    except OSError:  # read-only model folder (or a `.gptoss` that is not a folder)
         atomic_write_bytes(cached / TIKTOKEN_FILE, content)
-    return cached
+        return cached
 
 
 class Tokenizer:

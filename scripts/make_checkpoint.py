@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 
@@ -153,6 +154,14 @@ def tokenizer_files() -> dict[str, dict]:
     }
 
 
+# Normal quantiles at 65536 evenly spaced probabilities: indexing them with random uint16 draws
+# a (finely discretised) normal 2-3x faster than standard_normal, and for bf16 tensors the table
+# can hold the final bit patterns, which skips the float32 -> bf16 conversion.
+_NORMAL_TABLE = np.array(
+    [NormalDist().inv_cdf((i + 0.5) / 65536) for i in range(65536)], dtype=np.float32
+)
+
+
 class _Weights:
     """Draws every tensor from one generator, in writing order, so a seed fixes the checkpoint."""
 
@@ -160,18 +169,19 @@ class _Weights:
         self.w = writer
         self.rng = np.random.default_rng(seed)
 
+    def _draw(self, shape: tuple[int, ...]) -> np.ndarray:
+        return self.rng.integers(0, 65536, size=shape, dtype=np.uint16)
+
     def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
-        return self.rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+        return _NORMAL_TABLE[self._draw(shape)] * np.float32(std)
 
     def bf16(self, name: str, shape: tuple[int, ...], std: float, mean: float = 0.0) -> None:
         rows = max(1, CHUNK_VALUES // int(np.prod(shape[1:], dtype=np.int64)))
+        table = f32_to_bf16_bits(_NORMAL_TABLE * np.float32(std) + np.float32(mean))
 
         def chunks() -> Iterator[np.ndarray]:
             for start in range(0, shape[0], rows):
-                x = self.normal((min(rows, shape[0] - start), *shape[1:]), std)
-                if mean:
-                    x += np.float32(mean)
-                yield f32_to_bf16_bits(x)
+                yield table[self._draw((min(rows, shape[0] - start), *shape[1:]))]
 
         self.w.add_chunks(name, shape, "BF16", chunks())
 

@@ -96,10 +96,15 @@ class Request:
         return self.headers.get("range")
 
 
-def repo_from_dir(repo_id: str, src: Path, extra: dict[str, bytes] | None = None, gated: bool = False) -> Repo:
-    """A repo holding every file under `src` (relative paths) plus `extra` files."""
-    files = {p.relative_to(src).as_posix(): RepoFile(p.relative_to(src).as_posix(), p.read_bytes())
-             for p in sorted(src.rglob("*")) if p.is_file()}
+def repo_from_dir(
+    repo_id: str, src: Path, extra: dict[str, bytes] | None = None, gated: bool = False
+) -> Repo:
+    """A repo holding the files under `src` (hidden ones excepted) plus `extra` files."""
+    files = {}
+    for p in sorted(src.rglob("*")):
+        rel = p.relative_to(src).as_posix()
+        if p.is_file() and not any(part.startswith(".") for part in rel.split("/")):
+            files[rel] = RepoFile(rel, p.read_bytes())
     for path, data in (extra or {}).items():
         files[path] = RepoFile(path, data)
     return Repo(repo_id, files, gated=gated)
@@ -200,7 +205,9 @@ class FakeHub:
                 self._dispatch("GET")
 
             def _dispatch(self, method: str) -> None:
-                rec = Request(server, method, self.path, {k.lower(): v for k, v in self.headers.items()})
+                rec = Request(
+                    server, method, self.path, {k.lower(): v for k, v in self.headers.items()}
+                )
                 with hub._lock:
                     hub.requests.append(rec)
                 self.rec = rec
@@ -212,8 +219,14 @@ class FakeHub:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
-                      content_type: str = "application/json", send_body: bool = True) -> None:
+            def reply(
+                self,
+                status: int,
+                body: bytes = b"",
+                headers: dict[str, str] | None = None,
+                content_type: str = "application/json",
+                send_body: bool = True,
+            ) -> None:
                 self.rec.status = status
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
@@ -226,14 +239,26 @@ class FakeHub:
                     self.wfile.write(body)
                     self.rec.sent += len(body)
 
-            def error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-                h = {"X-Error-Code": code, "X-Error-Message": message, **(headers or {})}
-                self.reply(status, json.dumps({"error": message}).encode(), h, send_body=self.command != "HEAD")
+            def error(
+                self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+            ) -> None:
+                h = {"X-Error-Message": message, **(headers or {})}
+                if code:
+                    h["X-Error-Code"] = code
+                self.reply(
+                    status,
+                    json.dumps({"error": message}).encode(),
+                    h,
+                    send_body=self.command != "HEAD",
+                )
 
         return Handler
 
     def _auth_error(self, h: BaseHTTPRequestHandler, repo: Repo) -> bool:
-        """Gated repos need the right token; answer like the hub does and return True if refused."""
+        """Gated repos need the right token; answer like the hub does and return True if refused.
+        A token starting with "hf_invalid" is rejected everywhere, as an unknown token is."""
+        if self._bad_token(h):
+            return True
         if not repo.gated:
             return False
         auth = h.headers.get("Authorization", "")
@@ -242,6 +267,12 @@ class FakeHub:
         msg = f"Access to model {repo.repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in."
         h.error(403 if auth else 401, "GatedRepo", msg)  # type: ignore[attr-defined]
         return True
+
+    def _bad_token(self, h: BaseHTTPRequestHandler) -> bool:
+        if h.headers.get("Authorization", "").startswith("Bearer hf_invalid"):
+            h.error(401, "", "Invalid credentials in Authorization header")  # type: ignore[attr-defined]
+            return True
+        return False
 
     def _find_repo(self, h: BaseHTTPRequestHandler, repo_id: str) -> Repo | None:
         repo = self.repos.get(repo_id)
@@ -262,7 +293,11 @@ class FakeHub:
         m = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path)
         if m and method == "GET":
             repo = self._find_repo(h, m.group(1))
-            if repo is None or not self._check_rev(h, repo, m.group(2) or "main"):
+            if (
+                repo is None
+                or self._bad_token(h)
+                or not self._check_rev(h, repo, m.group(2) or "main")
+            ):
                 return
             blobs = query.get("blobs", [""])[0].lower() in ("1", "true")
             h.reply(200, json.dumps(self._info(repo, blobs)).encode())  # type: ignore[attr-defined]
@@ -277,18 +312,34 @@ class FakeHub:
         m = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         if m:
             repo = self._find_repo(h, m.group(1))
-            if repo is None or self._auth_error(h, repo) or not self._check_rev(h, repo, m.group(2)):
+            if (
+                repo is None
+                or self._auth_error(h, repo)
+                or not self._check_rev(h, repo, m.group(2))
+            ):
                 return
             f = repo.files.get(m.group(3))
             if f is None:
-                h.error(404, "EntryNotFound", f"{m.group(3)} does not exist on \"main\"",  # type: ignore[attr-defined]
-                        {"X-Repo-Commit": repo.sha})
+                h.error(
+                    404,
+                    "EntryNotFound",
+                    f'{m.group(3)} does not exist on "main"',  # type: ignore[attr-defined]
+                    {"X-Repo-Commit": repo.sha},
+                )
                 return
             common = {"X-Repo-Commit": repo.sha, "ETag": f'"{f.blob_id}"', "Accept-Ranges": "bytes"}
             if f.lfs:
                 location = f"{self.cdn_url}/cdn/{f.sha256}/{f.path}?expires=never"
-                h.reply(302, b"", {**common, "Location": location,  # type: ignore[attr-defined]
-                                   "X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(len(f.data))})
+                h.reply(
+                    302,
+                    b"",
+                    {
+                        **common,
+                        "Location": location,  # type: ignore[attr-defined]
+                        "X-Linked-Etag": f'"{f.sha256}"',
+                        "X-Linked-Size": str(len(f.data)),
+                    },
+                )
                 return
             self._send_file(h, method, f, common)
             return
@@ -298,13 +349,23 @@ class FakeHub:
         m = re.fullmatch(r"/cdn/([0-9a-f]{64})/(.+)", unquote(urlsplit(h.path).path))
         f = None
         if m:
-            f = next((f for r in self.repos.values() for f in r.files.values() if f.sha256 == m.group(1)), None)
+            f = next(
+                (
+                    f
+                    for r in self.repos.values()
+                    for f in r.files.values()
+                    if f.sha256 == m.group(1)
+                ),
+                None,
+            )
         if f is None:
             h.reply(404, b"NoSuchKey", content_type="text/plain")  # type: ignore[attr-defined]
             return
         self._send_file(h, method, f, {"ETag": f'"{f.sha256}"', "Accept-Ranges": "bytes"})
 
-    def _send_file(self, h: BaseHTTPRequestHandler, method: str, f: RepoFile, headers: dict[str, str]) -> None:
+    def _send_file(
+        self, h: BaseHTTPRequestHandler, method: str, f: RepoFile, headers: dict[str, str]
+    ) -> None:
         data, start, status = f.data, 0, 200
         rng = h.headers.get("Range")
         if rng:
@@ -315,7 +376,10 @@ class FakeHub:
             start = int(m.group(1))
             end = int(m.group(2)) + 1 if m.group(2) else len(data)
             data, status = data[start:end], 206
-            headers = {**headers, "Content-Range": f"bytes {start}-{start + len(data) - 1}/{len(f.data)}"}
+            headers = {
+                **headers,
+                "Content-Range": f"bytes {start}-{start + len(data) - 1}/{len(f.data)}",
+            }
         headers = {**headers, "Content-Length": str(len(data))}
         rec = h.rec  # type: ignore[attr-defined]
         rec.status = status
@@ -355,7 +419,11 @@ class FakeHub:
                 s["size"] = len(f.data)
                 s["blobId"] = f.blob_id
                 if f.lfs:
-                    s["lfs"] = {"sha256": f.sha256, "size": len(f.data), "pointerSize": len(f.pointer)}
+                    s["lfs"] = {
+                        "sha256": f.sha256,
+                        "size": len(f.data),
+                        "pointerSize": len(f.pointer),
+                    }
             siblings.append(s)
         return {
             "_id": repo.sha[:24],
@@ -377,7 +445,9 @@ class FakeHub:
         dirs = sorted({p.rsplit("/", 1)[0] for p in repo.files if "/" in p})
         for d in dirs:
             if d.startswith(under):
-                entries.append({"type": "directory", "oid": git_blob_sha1(d.encode()), "size": 0, "path": d})
+                entries.append(
+                    {"type": "directory", "oid": git_blob_sha1(d.encode()), "size": 0, "path": d}
+                )
         for f in repo.files.values():
             if not f.path.startswith(under):
                 continue
@@ -397,13 +467,16 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05) -> bool:
     return False
 
 
-
 # -- running the real CLI against it ---------------------------------------------------------------
 
 
 def cli_env(home: Path, hub: FakeHub | None = None, **extra: str) -> dict[str, str]:
     """A clean environment for a `gptoss` subprocess: its own HF_HOME, GPTOSS_HOME and XDG dirs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING", "GPTOSS_", "XDG_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "HUGGING", "GPTOSS_", "XDG_"))
+    }
     env.update(
         HF_HOME=str(home / "hf"),
         GPTOSS_HOME=str(home / "gptoss"),
@@ -424,15 +497,33 @@ def cli_env(home: Path, hub: FakeHub | None = None, **extra: str) -> dict[str, s
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 180, input: str | None = None):
     return subprocess.run(
         [sys.executable, "-m", "gptoss_mlx", *args],
-        env=env, capture_output=True, text=True, timeout=timeout, input=input,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=input,
     )
 
 
 def popen_cli(args: list[str], env: dict[str, str]):
     return subprocess.Popen(
         [sys.executable, "-m", "gptoss_mlx", *args],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
-__all__ = ["FakeHub", "Repo", "RepoFile", "Request", "cli_env", "gpt_oss_decoys", "popen_cli", "repo_from_dir", "run_cli", "wait_for"]
+__all__ = [
+    "FakeHub",
+    "Repo",
+    "RepoFile",
+    "Request",
+    "cli_env",
+    "gpt_oss_decoys",
+    "popen_cli",
+    "repo_from_dir",
+    "run_cli",
+    "wait_for",
+]

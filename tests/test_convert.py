@@ -104,12 +104,11 @@ def test_mlx_lm_loads_our_output_with_the_same_logits(converted, variant):
     theirs, _ = mlx_lm_load_model(dst)
     theirs.set_dtype(mx.float32)
     ours, _ = load_model(dst, dtype="float32")
-    for layer in ours.layers:  # mlx-lm ignores `truncate: false` in YaRN; compare the rest
-        pass
     a = np.array(theirs(mx.array([TOKENS[:5]]))[0])
     b = np.array(ours(mx.array([TOKENS[:5]]))[0])
-    # 5 tokens: positions 0-4, where the YaRN truncation difference is below 1e-3
-    assert rel_max_err(a, b) <= 5e-3
+    # mlx-lm ignores YaRN's `truncate: false` (see test_model.py); over 5 positions that
+    # difference stays below 3e-3.
+    assert rel_max_err(a, b) <= 3e-3
     assert (a.argmax(-1) == b.argmax(-1)).mean() == 1.0
 
 

@@ -13,6 +13,8 @@ import pytest
 
 from .hub_server import (
     FakeHub,
+    Repo,
+    RepoFile,
     cli_env,
     gpt_oss_decoys,
     popen_cli,
@@ -38,7 +40,9 @@ def hub(source):
 
 
 def snapshot_of(home: Path, repo_id: str) -> Path:
-    snaps = list((home / "hf" / "hub" / ("models--" + repo_id.replace("/", "--")) / "snapshots").iterdir())
+    snaps = list(
+        (home / "hf" / "hub" / ("models--" + repo_id.replace("/", "--")) / "snapshots").iterdir()
+    )
     assert len(snaps) == 1
     return snaps[0]
 
@@ -64,9 +68,19 @@ def test_download_fetches_only_what_the_loader_reads(hub, source, tmp_path):
     assert "model.safetensors.index.json" in got
     for name in got:
         assert (snap / name).read_bytes() == (source / name).read_bytes(), name
-    fetched = [r.path for r in hub.requests if r.method == "GET" and ("/resolve/" in r.path or r.server == "cdn")]
-    assert fetched and not [p for p in fetched if "/original/" in p or "/metal/" in p or "README" in p]
-    assert not [r for r in hub.requests if r.method == "HEAD" and ("original/" in r.path or "metal/" in r.path)]
+    fetched = [
+        r.path
+        for r in hub.requests
+        if r.method == "GET" and ("/resolve/" in r.path or r.server == "cdn")
+    ]
+    assert fetched and not [
+        p for p in fetched if "/original/" in p or "/metal/" in p or "README" in p
+    ]
+    assert not [
+        r
+        for r in hub.requests
+        if r.method == "HEAD" and ("original/" in r.path or "metal/" in r.path)
+    ]
     assert str(snap) in r.stdout
 
 
@@ -103,7 +117,11 @@ def test_cut_connection_resumes_with_a_range_request(hub, source, tmp_path):
 
 
 def _shards(source: Path) -> list[str]:
-    return sorted(set(json.loads((source / "model.safetensors.index.json").read_text())["weight_map"].values()))
+    return sorted(
+        set(
+            json.loads((source / "model.safetensors.index.json").read_text())["weight_map"].values()
+        )
+    )
 
 
 def _blobs(home: Path, repo_id: str) -> Path:
@@ -192,12 +210,17 @@ def test_gated_repo_without_token_says_accept_the_licence(hub, tmp_path):
     r = run_cli(["download", "openai/gated-oss"], cli_env(tmp_path, hub))
     assert r.returncode == 8
     msg = one_error_line(r.stderr)
-    assert msg == f"openai/gated-oss is gated: accept its licence on the hub ({hub.url}/openai/gated-oss) and set HF_TOKEN"
+    assert (
+        msg
+        == f"openai/gated-oss is gated: accept its licence on the hub ({hub.url}/openai/gated-oss) and set HF_TOKEN"
+    )
     assert any(r.status == 401 for r in hub.requests)
 
 
 def test_gated_repo_with_a_token_without_access(hub, tmp_path):
-    r = run_cli(["download", "openai/gated-oss"], cli_env(tmp_path, hub, HF_TOKEN="hf_someone_else"))
+    r = run_cli(
+        ["download", "openai/gated-oss"], cli_env(tmp_path, hub, HF_TOKEN="hf_someone_else")
+    )
     assert r.returncode == 8
     assert "your HF_TOKEN has no access" in one_error_line(r.stderr)
     assert any(r.status == 403 for r in hub.requests)
@@ -206,10 +229,22 @@ def test_gated_repo_with_a_token_without_access(hub, tmp_path):
 def test_hf_token_is_sent_to_the_hub_but_not_to_the_cdn(hub, tmp_path):
     r = run_cli(["download", "openai/gated-oss"], cli_env(tmp_path, hub, HF_TOKEN=hub.token))
     assert r.returncode == 0, r.stderr
-    assert all(r.headers.get("authorization") == f"Bearer {hub.token}" for r in hub.requests if r.server == "hub"
-               and "agent-harnesses" not in r.path)
+    assert all(
+        r.headers.get("authorization") == f"Bearer {hub.token}"
+        for r in hub.requests
+        if r.server == "hub" and "agent-harnesses" not in r.path
+    )
     cdn = [r for r in hub.requests if r.server == "cdn"]
     assert cdn and not [r for r in cdn if "authorization" in r.headers]
+
+
+def test_an_invalid_token_is_reported(hub, tmp_path):
+    r = run_cli(["download", "20b"], cli_env(tmp_path, hub, HF_TOKEN="hf_invalid_123"))
+    assert r.returncode == 8
+    assert (
+        one_error_line(r.stderr)
+        == "the hub rejected HF_TOKEN (401 Unauthorized); check it or unset it"
+    )
 
 
 def test_misspelled_repo_is_not_found(hub, tmp_path):
@@ -219,6 +254,24 @@ def test_misspelled_repo_is_not_found(hub, tmp_path):
         "openai/gpt-oss-20bb not found on the Hugging Face hub; check the name (aliases: 20b, 120b), "
         "or set HF_TOKEN if it is private"
     )
+
+
+def test_a_repo_that_is_not_gpt_oss_is_refused_before_the_weights(hub, tmp_path):
+    hub.add(
+        Repo(
+            "someone/bert",
+            {
+                "config.json": RepoFile("config.json", b'{"model_type": "bert"}'),
+                "model.safetensors": RepoFile("model.safetensors", b"\0" * 4096),
+            },
+        )
+    )
+    r = run_cli(["download", "someone/bert"], cli_env(tmp_path, hub))
+    assert r.returncode == 4
+    assert one_error_line(r.stderr).startswith(
+        "someone/bert is not a gpt-oss model (model_type 'bert')"
+    )
+    assert not hub.file_requests("model.safetensors")
 
 
 def test_unknown_revision(hub, tmp_path):
@@ -236,7 +289,9 @@ def test_not_a_repo_id(tmp_path):
 def test_unreachable_hub(tmp_path):
     r = run_cli(["download", "20b"], cli_env(tmp_path, HF_ENDPOINT="http://127.0.0.1:9"))
     assert r.returncode == 8
-    assert one_error_line(r.stderr).startswith("cannot reach the Hugging Face hub at http://127.0.0.1:9")
+    assert one_error_line(r.stderr).startswith(
+        "cannot reach the Hugging Face hub at http://127.0.0.1:9"
+    )
 
 
 def test_not_enough_disk_is_refused_before_downloading(hub, source, tmp_path):
@@ -245,7 +300,12 @@ def test_not_enough_disk_is_refused_before_downloading(hub, source, tmp_path):
     msg = one_error_line(r.stderr)
     assert msg.startswith("not enough disk space for the download of openai/gpt-oss-20b: ")
     assert "but only 1000 B free" in msg
-    assert not [r for r in hub.requests if r.server == "cdn" or "/resolve/" in r.path]
+    fetched = {
+        r.path.rsplit("/", 1)[-1]
+        for r in hub.requests
+        if r.server == "cdn" or "/resolve/" in r.path
+    }
+    assert fetched == {"config.json"}  # read first to check the repo is gpt-oss; no weights
 
 
 def test_disk_check_counts_only_what_is_missing(hub, source, tmp_path):
@@ -266,7 +326,10 @@ def test_download_then_convert(hub, source, tmp_path):
     again = run_cli(["download", "20b", "--convert"], env)
     assert again.returncode == 0 and "already exists; kept it" in again.stdout
     models = json.loads(run_cli(["models", "--json"], env).stdout)
-    assert {(m["name"], m["format"]) for m in models} == {("gpt-oss-20b-mlx", "MLX"), ("openai/gpt-oss-20b", "HF MXFP4")}
+    assert {(m["name"], m["format"]) for m in models} == {
+        ("gpt-oss-20b-mlx", "MLX"),
+        ("openai/gpt-oss-20b", "HF MXFP4"),
+    }
 
 
 def test_mlx_community_repo_downloads_and_needs_no_conversion(hub, source, tmp_path):

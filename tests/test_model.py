@@ -80,8 +80,10 @@ def test_sliding_cache_memory_is_bounded(ours):
         ours(mx.array([[t]]), cache)
     n = len(LONG) + 10
     for c, kind in zip(cache, cfg.layer_types, strict=True):
-        held = c.keys.shape[2]
-        assert held == (n if kind == "full_attention" else cfg.sliding_window - 1)
+        if kind == "full_attention":
+            assert c.offset == n
+        else:
+            assert c.keys.shape[2] == cfg.sliding_window - 1  # all a future query can see
     assert cache_nbytes(cache) == cfg.kv_cache_bytes(n, 4) - cfg.n_sliding_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
 
 
@@ -96,3 +98,63 @@ def test_snapshot_restore_equals_fresh_prefill(ours):
     got = np.array(ours(mx.array([b]), cache)[0])
     fresh = our_logits(ours, prefix + b)[len(prefix) :]
     assert rel_max_err(got, fresh) <= 1e-4
+
+
+@pytest.fixture(scope="module")
+def mlx_lm_model(tiny_checkpoint):
+    from mlx_lm.utils import load_model as mlx_lm_load_model
+
+    model, _ = mlx_lm_load_model(tiny_checkpoint)
+    model.set_dtype(mx.float32)
+    return model
+
+
+def test_yarn_frequencies_equal_transformers(tiny_checkpoint):
+    import json
+
+    import torch  # noqa: F401  (transformers' rope utils need it)
+    from transformers import GptOssConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from gptoss_mlx.config import ModelConfig
+    from gptoss_mlx.model import yarn_inv_freq
+
+    for head_dim in (32, 64):  # the tiny preset and the real models
+        raw = json.loads((tiny_checkpoint / "config.json").read_text()) | {"head_dim": head_dim}
+        raw.pop("quantization_config")
+        ref, ref_factor = ROPE_INIT_FUNCTIONS["yarn"](GptOssConfig(**raw), "cpu")
+        ours, factor = yarn_inv_freq(ModelConfig.from_dict(raw))
+        np.testing.assert_allclose(np.array(ours), ref.numpy(), rtol=1e-6)
+        assert factor == pytest.approx(ref_factor)
+
+
+def test_mlx_lm_ignores_yarn_truncate_false(tiny_checkpoint, mlx_lm_model):
+    """gpt-oss configs say `truncate: false`; mlx-lm always rounds the YaRN correction range,
+    so its rotary frequencies (and logits) differ slightly from the reference. Ours do not."""
+    from gptoss_mlx.config import ModelConfig
+    from gptoss_mlx.model import yarn_inv_freq
+
+    cfg = ModelConfig.from_dir(tiny_checkpoint)
+    assert cfg.rope_scaling["truncate"] is False
+    theirs = 1.0 / np.array(mlx_lm_model.model.layers[0].self_attn.rope._freqs)
+    ours = np.array(yarn_inv_freq(cfg)[0])
+    cfg.rope_scaling["truncate"] = True
+    ours_truncated = np.array(yarn_inv_freq(cfg)[0])
+    assert np.abs(theirs - ours).max() > 1e-4
+    np.testing.assert_allclose(theirs, ours_truncated, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tokens", [SHORT, LONG], ids=["5-tokens", "29-tokens"])
+def test_logits_match_mlx_lm_on_the_same_weights(tiny_checkpoint, mlx_lm_model, tokens):
+    """Same weights, same maths: equal to mlx-lm once its YaRN rounding is applied to ours."""
+    from gptoss_mlx.loader import load_model as load
+
+    ours, _ = load(tiny_checkpoint, dtype="float32")
+    for layer in ours.layers:
+        cfg = ours.config
+        cfg.rope_scaling = cfg.rope_scaling | {"truncate": True}
+        layer.self_attn.rope = type(layer.self_attn.rope)(cfg)
+    theirs = np.array(mlx_lm_model(mx.array([tokens]))[0])
+    got = our_logits(ours, tokens)
+    assert rel_max_err(got, theirs) <= 2e-3
+    assert (got.argmax(-1) == theirs.argmax(-1)).mean() == 1.0

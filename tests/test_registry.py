@@ -32,7 +32,13 @@ def env(tmp_path, monkeypatch, fake_hub):
     """This process's environment pointed at a fresh HF cache, models dir and the fake hub."""
     for k, v in cli_env(tmp_path, fake_hub).items():
         monkeypatch.setenv(k, v)
-    for k in ("HF_TOKEN", "HF_HUB_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "GPTOSS_MODEL"):
+    for k in (
+        "HF_TOKEN",
+        "HF_HUB_OFFLINE",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "GPTOSS_MODEL",
+    ):
         monkeypatch.delenv(k, raising=False)
     return tmp_path
 
@@ -53,13 +59,19 @@ def test_repo_id_for():
     assert hub.repo_id_for("20b") == "openai/gpt-oss-20b"
     assert hub.repo_id_for("120B") == "openai/gpt-oss-120b"
     assert hub.repo_id_for("gpt-oss-20b") == "openai/gpt-oss-20b"
-    assert hub.repo_id_for("mlx-community/gpt-oss-20b-MXFP4-Q8") == "mlx-community/gpt-oss-20b-MXFP4-Q8"
+    assert (
+        hub.repo_id_for("mlx-community/gpt-oss-20b-MXFP4-Q8")
+        == "mlx-community/gpt-oss-20b-MXFP4-Q8"
+    )
     for bad in ("foo", "a/b/c", "/abs/path", "./x", "", "a b/c"):
         assert hub.repo_id_for(bad) is None, bad
 
 
 def test_a_path_resolves_to_itself(env, tiny_checkpoint):
-    assert resolve_model(str(tiny_checkpoint), yes=False, interactive=False) == Path(tiny_checkpoint).resolve()
+    assert (
+        resolve_model(str(tiny_checkpoint), yes=False, interactive=False)
+        == Path(tiny_checkpoint).resolve()
+    )
 
 
 def test_a_path_without_config_is_refused(env, tmp_path):
@@ -82,7 +94,9 @@ def test_cache_is_read_without_huggingface_hub(downloaded):
         "p = resolve_model('20b', yes=False, interactive=False); "
         "assert 'huggingface_hub' not in sys.modules and 'mlx' not in sys.modules; print(p)"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ)
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(downloaded)
 
@@ -144,7 +158,9 @@ def _ask_in_a_terminal(answer: str, env: dict[str, str]) -> tuple[int, str]:
         "    print('ERROR', e)\n"
     )
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave, env=env
+    )
     os.close(slave)
     out = b""
     answered = False
@@ -171,14 +187,18 @@ def _ask_in_a_terminal(answer: str, env: dict[str, str]) -> tuple[int, str]:
 
 def test_terminal_asks_before_downloading(env, fake_hub):
     code, out = _ask_in_a_terminal("n", dict(os.environ))
-    assert "gpt-oss-20b is not downloaded (12.8 GB). Download it now? [y/n]" in out.replace("\r", "")
+    assert "gpt-oss-20b is not downloaded (12.8 GB). Download it now? [y/n]" in out.replace(
+        "\r", ""
+    )
     assert "ERROR model 20b is not downloaded; run `gptoss download 20b` when you want it" in out
     assert not [r for r in fake_hub.requests if "/resolve/" in r.path]
 
     code, out = _ask_in_a_terminal("y", dict(os.environ))
     assert code == 0
     result = [ln for ln in out.replace("\r", "").splitlines() if ln.startswith("RESULT ")]
-    assert result and Path(result[0].removeprefix("RESULT ")) == registry.cached_snapshot("openai/gpt-oss-20b")
+    assert result and Path(result[0].removeprefix("RESULT ")) == registry.cached_snapshot(
+        "openai/gpt-oss-20b"
+    )
 
 
 def test_list_local_models(downloaded, tiny_checkpoint):
@@ -190,14 +210,22 @@ def test_list_local_models(downloaded, tiny_checkpoint):
     models = {m.name: m for m in registry.list_local_models()}
     assert set(models) == {"my-model", "openai/gpt-oss-20b"}
     hf = models["openai/gpt-oss-20b"]
-    assert (hf.kind, hf.format, hf.quantization, hf.path) == ("hf-cache", "HF MXFP4", "mxfp4 experts, bf16 rest", downloaded)
+    assert (hf.kind, hf.format, hf.quantization, hf.path) == (
+        "hf-cache",
+        "HF MXFP4",
+        "mxfp4 experts, bf16 rest",
+        downloaded,
+    )
     assert hf.size_bytes == sum(f.stat().st_size for f in downloaded.iterdir())
     assert models["my-model"].path == conv and models["my-model"].kind == "converted"
 
 
 def test_quantization_of_converted_models(tiny_checkpoint, tmp_path):
     convert = pytest.importorskip("gptoss_mlx.convert").convert
-    for rest, expected in (("bf16", "mxfp4 experts, bf16 rest"), ("q8", "mxfp4 experts, 8-bit rest")):
+    for rest, expected in (
+        ("bf16", "mxfp4 experts, bf16 rest"),
+        ("q8", "mxfp4 experts, 8-bit rest"),
+    ):
         dst = tmp_path / rest
         convert(tiny_checkpoint, dst, rest=rest, verify=False, progress=False)
         assert registry.describe_quantization(dst) == expected

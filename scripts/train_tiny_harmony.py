@@ -1,0 +1,834 @@
+"""Train the tiny random gpt-oss checkpoint to speak harmony: the model tests and `make demo` use.
+
+    python scripts/train_tiny_harmony.py OUT [--seed S] [--steps N]
+
+A random-weight model never writes harmony structure, so the chat parser and the CLI would go
+untested. This starts from `make_checkpoint(preset="tiny")`, renders a small curriculum of
+conversations with openai-harmony (the ground truth for prompts), and trains the non-expert
+weights in MLX with the MXFP4 experts frozen, until greedy decoding reproduces every reply token
+for token after rounding to bf16, under system messages it was and was not trained on. The result
+is written in the exact layout of the starting checkpoint, with `harmony_examples.json` listing
+each example, its prompt options and its exact reply.
+
+Only the lm_head rows of tokens that some reply contains are kept; the other rows are zero, so the
+full-vocabulary softmax is exact while only the reply vocabulary is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import fcntl
+import hashlib
+import itertools
+import json
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+import openai_harmony as oh
+from mlx.utils import tree_flatten
+
+if __package__ in (None, ""):  # run as a script: make the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gptoss_mlx.fsutil import atomic_directory, atomic_write_text
+from gptoss_mlx.harmony import (
+    ASSISTANT,
+    CALL,
+    END,
+    RETURN,
+    START,
+    Message,
+    PromptOptions,
+    ToolSpec,
+    load_encoding,
+    tool_result,
+)
+from gptoss_mlx.loader import load_model
+from gptoss_mlx.model import MLP, Model, SwitchLinear
+from gptoss_mlx.safetensors_io import ShardedCheckpoint, ShardWriter, bf16_bits_to_f32, f32_to_bf16_bits
+from gptoss_mlx.tokenizer import harmony_encodings_dir
+from scripts.make_checkpoint import PRESETS, make_checkpoint
+
+EXAMPLES_FILE = "harmony_examples.json"
+PRESET = "tiny"
+MAX_STEPS = 1500
+LEARNING_RATE = 4e-3
+EMBED_LR_SCALE = 10.0
+WARMUP_STEPS = 10
+DECAY_STEPS = 150
+FINAL_LR_FRACTION = 0.1
+# Logit lead of the expected token over every other token, in bf16: enough that incremental
+# decoding (different summation order) and bf16 activations pick the same token.
+MARGIN = 1.0
+PATIENCE = 6  # consecutive all-correct training steps before the full bf16 check
+
+# --------------------------------------------------------------------------- the curriculum
+
+WEATHER_TOOL = ToolSpec(
+    "get_weather",
+    "Gets the current weather in a city.",
+    {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "The city name."}},
+        "required": ["city"],
+    },
+)
+
+
+def _user(text: str) -> Message:
+    return Message("user", text)
+
+
+def _analysis(text: str) -> Message:
+    return Message("assistant", text, channel="analysis")
+
+
+def _final(text: str) -> Message:
+    return Message("assistant", text, channel="final")
+
+
+_SUM_THOUGHT = "The user asks a simple sum. 2+2=4."
+_WEATHER_THOUGHT = "The user wants the weather in Paris. I will call get_weather."
+_WEATHER_CALL = Message(
+    "assistant",
+    '{"city":"Paris"}',
+    channel="commentary",
+    recipient="functions.get_weather",
+    content_type="<|constrain|>json",
+)
+
+
+@dataclass
+class Example:
+    """A conversation (without system and developer messages) and the reply the model must write."""
+
+    name: str
+    messages: list[Message]
+    reply: list[Message]
+    tools: bool = False
+
+
+EXAMPLES: list[Example] = [
+    Example("sum", [_user("What is 2+2?")], [_analysis(_SUM_THOUGHT), _final("2 + 2 = 4.")]),
+    Example(
+        "hello",
+        [_user("Say hello.")],
+        [_analysis("A greeting is wanted."), _final("Hello! How can I help you today?")],
+    ),
+    Example(
+        "code",
+        [_user("Write a Python function that adds two numbers.")],
+        [
+            _analysis("A short function will do."),
+            _final("Here it is:\n\n```python\ndef add(a, b):\n    return a + b\n```"),
+        ],
+    ),
+    Example(
+        "tool_call",
+        [_user("What's the weather in Paris?")],
+        [_analysis(_WEATHER_THOUGHT), _WEATHER_CALL],
+        tools=True,
+    ),
+    Example(
+        "tool_result",
+        [
+            _user("What's the weather in Paris?"),
+            _analysis(_WEATHER_THOUGHT),
+            _WEATHER_CALL,
+            tool_result("functions.get_weather", '{"temperature": 21, "sky": "sunny"}'),
+        ],
+        [_final("It is 21 °C and sunny in Paris.")],
+        tools=True,
+    ),
+    Example(
+        "second_turn",
+        [
+            _user("What is 2+2?"),
+            _analysis(_SUM_THOUGHT),
+            _final("2 + 2 = 4."),
+            _user("Now multiply that by 3."),
+        ],
+        [_analysis("The previous answer was 4, and 4*3=12."), _final("4 × 3 = 12.")],
+    ),
+    Example(
+        "count",
+        [_user("Count from 1 to 30.")],
+        [_analysis("Just list the numbers."), _final(", ".join(map(str, range(1, 31))) + ".")],
+    ),
+]
+
+# What varies at run time, and what the reply must not depend on.
+CANONICAL = {"date": "2025-06-28", "effort": "medium", "instructions": None}
+EFFORTS = ("low", "medium", "high")
+TRAIN_DATES = (dt.date(2023, 1, 1), dt.date(2036, 12, 31))
+TRAIN_INSTRUCTIONS = (
+    "Answer concisely.",
+    "You are a helpful assistant.",
+    "Always answer in English.",
+    "Be precise and friendly.",
+    "Use Markdown where it helps.",
+)
+# Checked after bf16 rounding: seen efforts/instructions, dates inside and outside the training
+# range, no date at all, and instructions never seen in training.
+CHECKED = [
+    {"date": date, "effort": effort, "instructions": instructions}
+    for effort, date, instructions in itertools.product(
+        EFFORTS, ("2025-06-28", "2031-11-05", None), (None, "Answer concisely.")
+    )
+] + [
+    {"date": "2041-03-14", "effort": "high", "instructions": "Keep your answers short."},
+    {"date": "2019-10-02", "effort": "low", "instructions": None},
+]
+
+
+def prompt_options(example: Example, variant: dict[str, Any]) -> PromptOptions:
+    return PromptOptions(
+        effort=variant["effort"],
+        date=variant["date"],
+        instructions=variant["instructions"],
+        tools=[WEATHER_TOOL] if example.tools else [],
+    )
+
+
+def _sample_variant(rng: random.Random) -> dict[str, Any]:
+    first, last = TRAIN_DATES
+    date: str | None = None
+    if rng.random() >= 0.1:
+        date = (first + dt.timedelta(days=rng.randrange((last - first).days + 1))).isoformat()
+    instructions = rng.choice(TRAIN_INSTRUCTIONS) if rng.random() < 0.6 else None
+    return {"date": date, "effort": rng.choice(EFFORTS), "instructions": instructions}
+
+
+# --------------------------------------------------------------------------- rendering
+
+_EFFORT = {
+    "low": oh.ReasoningEffort.LOW,
+    "medium": oh.ReasoningEffort.MEDIUM,
+    "high": oh.ReasoningEffort.HIGH,
+}
+
+
+def _harmony_message(m: Message) -> oh.Message:
+    return oh.Message(
+        author=oh.Author(role=oh.Role(m.role), name=m.name),
+        content=[oh.TextContent(text=m.content)],
+        channel=m.channel,
+        recipient=m.recipient,
+        content_type=m.content_type,
+    )
+
+
+def render_prompt(enc: oh.HarmonyEncoding, messages: Sequence[Message], options: PromptOptions) -> list[int]:
+    """The completion prompt, built and rendered by openai-harmony alone (its default config drops
+    the analysis of finished turns)."""
+    system = (
+        oh.SystemContent.new()
+        .with_reasoning_effort(_EFFORT[options.effort])
+        .with_knowledge_cutoff(options.knowledge_cutoff)
+    )
+    if options.date:
+        system = system.with_conversation_start_date(options.date)
+    header = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system)]
+    if options.instructions or options.tools:
+        developer = oh.DeveloperContent.new()
+        if options.instructions:
+            developer = developer.with_instructions(options.instructions)
+        if options.tools:
+            developer = developer.with_function_tools(
+                [oh.ToolDescription.new(t.name, t.description, t.parameters) for t in options.tools]
+            )
+        header.append(oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer))
+    conversation = oh.Conversation.from_messages(header + [_harmony_message(m) for m in messages])
+    return enc.render_conversation_for_completion(conversation, oh.Role.ASSISTANT)
+
+
+def render_reply(enc: oh.HarmonyEncoding, reply: Sequence[Message]) -> list[int]:
+    """What the model writes after `<|start|>assistant`. A tool call names its recipient after the
+    channel (`<|channel|>commentary to=functions.x <|constrain|>json`), as gpt-oss writes it;
+    openai-harmony renders stored calls with the recipient in the role instead."""
+    tokens: list[int] = []
+    for i, m in enumerate(reply):
+        if i:
+            tokens += [START, ASSISTANT]
+        header = f"<|channel|>{m.channel}"
+        if m.recipient:
+            header += f" to={m.recipient}"
+        if m.content_type:
+            header += f" {m.content_type}"
+        body = enc.encode(header + "<|message|>", allowed_special="all")
+        body += enc.encode(m.content, disallowed_special=())
+        if not m.recipient:  # the common case must be exactly openai-harmony's own rendering
+            assert body == enc.render(_harmony_message(m))[2:-1], m
+        last = i == len(reply) - 1
+        tokens += body + [CALL if m.recipient else RETURN if last else END]
+    parsed = enc.parse_messages_from_completion_tokens(tokens, oh.Role.ASSISTANT)
+    got = [(p.channel, p.recipient, p.content_type, p.content[0].text) for p in parsed]
+    want = [(m.channel, m.recipient, m.content_type, m.content) for m in reply]
+    assert got == want, f"openai-harmony parses the reply as {got}"
+    return tokens
+
+
+@dataclass
+class Rendered:
+    example: Example
+    variant: dict[str, Any]
+    prompt: list[int]
+    reply: list[int]
+
+    @property
+    def tokens(self) -> list[int]:
+        return self.prompt + self.reply
+
+
+class Curriculum:
+    """Renders (and caches) every example under any system-message variant."""
+
+    def __init__(self, enc: oh.HarmonyEncoding, examples: Sequence[Example] = EXAMPLES) -> None:
+        self.enc = enc
+        self.examples = list(examples)
+        self.replies = [render_reply(enc, e.reply) for e in self.examples]
+        self._cache: dict[tuple, list[Rendered]] = {}
+
+    def render(self, variant: dict[str, Any]) -> list[Rendered]:
+        key = (variant["date"], variant["effort"], variant["instructions"])
+        if key not in self._cache:
+            self._cache[key] = [
+                Rendered(e, variant, render_prompt(self.enc, e.messages, prompt_options(e, variant)), r)
+                for e, r in zip(self.examples, self.replies, strict=True)
+            ]
+        return self._cache[key]
+
+    def reply_vocab(self) -> list[int]:
+        return sorted({t for r in self.replies for t in r})
+
+    def input_vocab(self) -> list[int]:
+        """Tokens whose embeddings are trained: those of the canonical prompts and all replies
+        (date digits and unseen instructions keep their random embeddings)."""
+        return sorted({t for r in self.render(CANONICAL) for t in r.tokens})
+
+
+# --------------------------------------------------------------------------- the student model
+
+
+class _RouteWithoutIndexGrad(MLP):
+    # MLX cannot differentiate the top-k indices themselves; gradients still reach the router
+    # through the selected logits, exactly as in the reference model.
+    def route(self, x: mx.array) -> tuple[mx.array, mx.array]:
+        logits = self.router(x)
+        idx = mx.stop_gradient(mx.argpartition(logits, kth=-self.k, axis=-1)[..., -self.k :])
+        top = mx.take_along_axis(logits, idx, axis=-1)
+        return idx, mx.softmax(top.astype(mx.float32), axis=-1).astype(x.dtype)
+
+
+class _PartlyTrainedEmbedding(nn.Module):
+    """The full random table (frozen) with the rows of `rows` trainable: a dense gradient and Adam
+    state for 201088 x 128 values would cost more than the rest of a training step."""
+
+    def __init__(self, table: mx.array, rows: Sequence[int]) -> None:
+        super().__init__()
+        self._table = table
+        slot = np.zeros(table.shape[0], dtype=np.int32)
+        slot[list(rows)] = np.arange(len(rows), dtype=np.int32)
+        member = np.zeros(table.shape[0], dtype=bool)
+        member[list(rows)] = True
+        self._slot, self._member = mx.array(slot), mx.array(member)
+        self.weight = table[mx.array(list(rows))].astype(mx.float32)
+
+    def __call__(self, tokens: mx.array) -> mx.array:
+        trained = self.weight[self._slot[tokens]]
+        frozen = self._table[tokens].astype(mx.float32)
+        return mx.where(self._member[tokens][..., None], trained, frozen)
+
+    def full_table(self, rows: Sequence[int]) -> np.ndarray:
+        table = np.array(self._table.astype(mx.float32))
+        table[list(rows)] = np.array(self.weight)
+        return table
+
+
+class Student(nn.Module):
+    """The gpt-oss model with a compact lm_head over the reply vocabulary; every other lm_head
+    row is zero, so its logit is exactly 0 and the full softmax adds n_other * exp(0)."""
+
+    def __init__(self, model: Model, in_vocab: Sequence[int], out_vocab: Sequence[int]) -> None:
+        super().__init__()
+        self._in_vocab, self._out_vocab = list(in_vocab), list(out_vocab)
+        for layer in model.layers:
+            layer.mlp.__class__ = _RouteWithoutIndexGrad
+        model.model.embed_tokens = _PartlyTrainedEmbedding(model.model.embed_tokens.weight, in_vocab)
+        self.head = model.lm_head.weight[mx.array(self._out_vocab)].astype(mx.float32)
+        self.model = model
+        self._log_others = math.log(model.config.vocab_size - len(out_vocab))
+        self._out_slot = {t: i for i, t in enumerate(self._out_vocab)}
+        model.lm_head.freeze()
+        for _, m in model.named_modules():
+            if isinstance(m, SwitchLinear):
+                m.freeze(keys=["weight", "scales"])
+
+    @property
+    def in_vocab(self) -> list[int]:
+        return self._in_vocab
+
+    @property
+    def out_vocab(self) -> list[int]:
+        return self._out_vocab
+
+    def out_slot(self, token: int) -> int:
+        return self._out_slot[token]
+
+    def logits(self, h: mx.array) -> mx.array:
+        return h @ self.head.T
+
+    def full_logsumexp(self, logits: mx.array) -> mx.array:
+        others = mx.full((logits.shape[0], 1), self._log_others, dtype=logits.dtype)
+        return mx.logsumexp(mx.concatenate([logits, others], axis=-1), axis=-1)
+
+
+class _PrefixCache:
+    """KV cache of a prefix computed once (batch 1) and shared: passes extend it until `seal`,
+    after which every row of a batch attends to it without changing it."""
+
+    def __init__(self, keep: int | None) -> None:
+        self.keep = keep
+        self.keys: mx.array | None = None
+        self.values: mx.array | None = None
+        self.offset = 0
+        self.sealed = False
+
+    @property
+    def cached_len(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def fork(self) -> _PrefixCache:
+        other = _PrefixCache(self.keep)
+        other.keys, other.values, other.offset = self.keys, self.values, self.offset
+        return other
+
+    def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        if self.keys is not None:
+            shape = (k.shape[0], *self.keys.shape[1:])
+            k = mx.concatenate([mx.broadcast_to(self.keys, shape), k], axis=2)
+            v = mx.concatenate([mx.broadcast_to(self.values, shape), v], axis=2)
+        if not self.sealed:
+            self.offset += k.shape[2] - self.cached_len
+            start = 0 if self.keep is None else max(0, k.shape[2] - self.keep)
+            self.keys, self.values = k[..., start:, :], v[..., start:, :]
+        return k, v
+
+
+@dataclass
+class _Batch:
+    tokens: mx.array  # [B, L] what follows the group's prefix, right-padded
+    positions: mx.array  # [N] rows of the flattened [B * L] hidden states that predict a target
+    targets: mx.array  # [N] slots in the compact head
+    owners: list[int]  # [N] index of the sequence each target belongs to
+
+
+@dataclass
+class _Group:
+    """Sequences sharing a developer message: what they share beyond the common prefix is
+    computed once, the rest in batches of similar length (padding costs as much as tokens)."""
+
+    shared: list[int]
+    batches: list[_Batch]
+
+
+@dataclass
+class _Plan:
+    """One forward pass over many sequences: the common prefix (system message) once, then each
+    group's shared tokens once, then the group's batches."""
+
+    prefix: list[int]
+    groups: list[_Group]
+
+    @property
+    def targets(self) -> mx.array:
+        return mx.concatenate([b.targets for g in self.groups for b in g.batches])
+
+    @property
+    def owners(self) -> list[int]:
+        return [o for g in self.groups for b in g.batches for o in b.owners]
+
+
+_BATCH_OVERHEAD = 24  # tokens' worth of fixed cost per extra batch
+
+
+def _split_by_length(lengths: list[int]) -> list[list[int]]:
+    """Indices grouped into batches that minimise padded size plus per-batch overhead."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    best = [0.0] + [math.inf] * len(order)
+    cut = [0] * (len(order) + 1)
+    for j in range(1, len(order) + 1):
+        for i in range(j):
+            cost = best[i] + (j - i) * lengths[order[j - 1]] + _BATCH_OVERHEAD
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    batches, j = [], len(order)
+    while j:
+        batches.append(order[cut[j] : j])
+        j = cut[j]
+    return batches[::-1]
+
+
+def _shared_len(seqs: Sequence[Rendered]) -> int:
+    """Tokens all of `seqs` share, stopping before the first token that predicts a target."""
+    first = seqs[0].tokens
+    n = 0
+    while all(len(s.tokens) > n and s.tokens[n] == first[n] for s in seqs):
+        n += 1
+    return min(n, *(len(s.prompt) - 1 for s in seqs))
+
+
+def _plan(student: Student, seqs: Sequence[Rendered]) -> _Plan:
+    root = _shared_len(seqs)
+    by_developer: dict[bool, list[int]] = {}
+    for i, s in enumerate(seqs):
+        by_developer.setdefault(s.example.tools, []).append(i)
+    groups = []
+    for members in by_developer.values():
+        p = _shared_len([seqs[i] for i in members])
+        batches = []
+        for part in _split_by_length([len(seqs[i].tokens) - p for i in members]):
+            width = max(len(seqs[members[b]].tokens) for b in part) - p
+            rest = np.zeros((len(part), width), dtype=np.int32)
+            positions, targets, owners = [], [], []
+            for row, b in enumerate(part):
+                i = members[b]
+                t = seqs[i].tokens
+                rest[row, : len(t) - p] = t[p:]
+                for pos in range(len(seqs[i].prompt), len(t)):
+                    positions.append(row * width + pos - 1 - p)
+                    targets.append(student.out_slot(t[pos]))
+                    owners.append(i)
+            batches.append(_Batch(mx.array(rest), mx.array(positions), mx.array(targets), owners))
+        groups.append(_Group(seqs[members[0]].tokens[root:p], batches))
+    return _Plan(seqs[0].tokens[:root], groups)
+
+
+def _target_hidden(student: Student, plan: _Plan) -> mx.array:
+    model = student.model
+    window = model.config.sliding_window
+    root = [
+        _PrefixCache(window - 1 if kind == "sliding_attention" else None)
+        for kind in model.config.layer_types
+    ]
+    if plan.prefix:
+        model.hidden(mx.array([plan.prefix]), root)
+    out = []
+    for g in plan.groups:
+        cache = [c.fork() for c in root]
+        if g.shared:
+            model.hidden(mx.array([g.shared]), cache)
+        for c in cache:
+            c.sealed = True
+        for b in g.batches:
+            h = model.hidden(b.tokens, cache if cache[0].offset else None)
+            out.append(h.reshape(-1, h.shape[-1])[b.positions])
+    return mx.concatenate(out, axis=0)
+
+
+def _scores(student: Student, plan: _Plan) -> tuple[mx.array, mx.array]:
+    """Cross-entropy over the full vocabulary, and the lead of each target over every other token."""
+    logits = student.logits(_target_hidden(student, plan))
+    targets = plan.targets
+    picked = mx.take_along_axis(logits, targets[:, None], axis=-1)[:, 0]
+    ce = student.full_logsumexp(logits) - picked
+    onehot = mx.arange(logits.shape[-1])[None, :] == targets[:, None]
+    rival = mx.maximum(mx.where(onehot, -mx.inf, logits).max(axis=-1), 0.0)  # 0: the zero rows
+    return ce, mx.stop_gradient(picked - rival)
+
+
+def _loss(student: Student, plan: _Plan) -> tuple[mx.array, mx.array]:
+    ce, margins = _scores(student, plan)
+    return ce.mean(), margins
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _trainable(student: Student) -> list[tuple[str, mx.array]]:
+    return tree_flatten(student.trainable_parameters())
+
+
+def _round_bf16(a: mx.array) -> mx.array:
+    return mx.array(bf16_bits_to_f32(f32_to_bf16_bits(np.array(a, dtype=np.float32))))
+
+
+def _failures(
+    student: Student, curriculum: Curriculum, variants: Iterable[dict[str, Any]]
+) -> tuple[list[str], float]:
+    """Examples whose reply is not the greedy choice at every position, with bf16 weights as they
+    are; and the smallest lead of an expected token."""
+    failures: list[str] = []
+    lowest = math.inf
+    for variant in variants:
+        seqs = curriculum.render(variant)
+        groups = _plan(student, seqs)
+        _, margins = _scores(student, groups)
+        margins_np = np.array(margins)
+        lowest = min(lowest, float(margins_np.min()))
+        owners = _owners(groups)
+        bad = sorted({owners[i] for i in np.flatnonzero(margins_np < MARGIN)})
+        failures += [f"{seqs[i].example.name} under {variant}" for i in bad]
+    return failures, lowest
+
+
+def _check_rounded(
+    student: Student, curriculum: Curriculum, variants: Sequence[dict[str, Any]]
+) -> tuple[list[str], float, list[tuple[str, mx.array]]]:
+    """Round the trained weights to bf16 and check them; the float32 weights are put back."""
+    exact = _trainable(student)
+    rounded = [(k, _round_bf16(v)) for k, v in exact]
+    student.update(_unflatten(rounded))
+    try:
+        failures, lowest = _failures(student, curriculum, variants)
+    finally:
+        student.update(_unflatten(exact))
+    return failures, lowest, rounded
+
+
+def _unflatten(items: list[tuple[str, mx.array]]) -> dict:
+    from mlx.utils import tree_unflatten
+
+    return tree_unflatten(items)
+
+
+@dataclass
+class TrainResult:
+    weights: list[tuple[str, mx.array]]  # the trainable parameters, bf16-rounded, as verified
+    steps: int
+    loss: float
+    margin: float
+    seconds: float
+
+
+def train(
+    student: Student, curriculum: Curriculum, seed: int = 0, steps: int | None = None, log: Any = print
+) -> TrainResult:
+    """AdamW on the non-expert weights until the bf16-rounded model passes every check."""
+    rng = random.Random(seed)
+    mx.random.seed(seed)
+    max_steps = steps or MAX_STEPS
+
+    def schedule(scale: float) -> Any:
+        def lr(step: mx.array) -> mx.array:
+            warm = mx.minimum(1.0, (step + 1) / WARMUP_STEPS)
+            t = mx.minimum(step, DECAY_STEPS) / DECAY_STEPS
+            decay = FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + mx.cos(math.pi * t))
+            return scale * LEARNING_RATE * warm * decay
+
+        return lr
+
+    # The embedding rows start at unit scale, ten times the projections: same relative steps.
+    opt = optim.MultiOptimizer(
+        [optim.AdamW(schedule(EMBED_LR_SCALE), weight_decay=0.0), optim.AdamW(schedule(1.0), weight_decay=0.01)],
+        [lambda path, _: path.startswith("model.model.embed_tokens")],
+    )
+    step_fn = nn.value_and_grad(student, _loss)
+    start = time.perf_counter()
+    streak, loss_value = 0, math.inf
+    for step in range(1, max_steps + 1):
+        groups = _plan(student, curriculum.render(_sample_variant(rng)))
+        (loss, margins), grads = step_fn(student, groups)
+        grads, _ = optim.clip_grad_norm(grads, 1.0)
+        opt.update(student, grads)
+        mx.eval(student.trainable_parameters(), opt.state, loss, margins)
+        loss_value = loss.item()
+        streak = streak + 1 if margins.min().item() >= MARGIN else 0
+        if step % 10 == 0:
+            worst = int(mx.argmin(margins).item())
+            name = curriculum.examples[_owners(groups)[worst]].name
+            log(f"step {step}: loss {loss_value:.4f}, lowest lead {margins.min().item():.2f} ({name})")
+        if streak >= PATIENCE:
+            failures, lowest, rounded = _check_rounded(student, curriculum, CHECKED)
+            log(f"step {step}: bf16 check, {len(failures)} failing, lowest lead {lowest:.2f}")
+            if not failures:
+                return TrainResult(rounded, step, loss_value, lowest, time.perf_counter() - start)
+            streak = 0
+    raise RuntimeError(f"the model did not learn its replies in {max_steps} steps (loss {loss_value:.4f})")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _hf_tensors(student: Student, weights: list[tuple[str, mx.array]]) -> dict[str, np.ndarray]:
+    """The trained tensors under their Hugging Face names (float32; experts' blocks excluded)."""
+    student.update(_unflatten(weights))
+    model = student.model
+    params = {k: np.array(v) for k, v in tree_flatten(model.parameters())}
+    out: dict[str, np.ndarray] = {}
+    for name, value in params.items():
+        if name.endswith((".weight", ".scales")) and ".mlp.experts." in name:
+            continue  # frozen MXFP4: copied byte for byte from the starting checkpoint
+        if name.endswith(("gate_proj.bias", "up_proj.bias")):
+            continue
+        if name.endswith("down_proj.bias"):
+            out[name.replace("down_proj.bias", "down_proj_bias")] = value
+            continue
+        out[name] = value
+    for i in range(len(model.layers)):
+        p = f"model.layers.{i}.mlp.experts."
+        gate, up = params[p + "gate_proj.bias"], params[p + "up_proj.bias"]
+        interleaved = np.empty((gate.shape[0], 2 * gate.shape[1]), dtype=np.float32)
+        interleaved[:, ::2], interleaved[:, 1::2] = gate, up  # HF rows alternate gate, up
+        out[p + "gate_up_proj_bias"] = interleaved
+    embed = model.model.embed_tokens
+    out["model.embed_tokens.weight"] = embed.full_table(student.in_vocab)
+    head = np.zeros((model.config.vocab_size, model.config.hidden_size), dtype=np.float32)
+    head[student.out_vocab] = np.array(student.head)
+    out["lm_head.weight"] = head
+    return out
+
+
+def _write_like(template: Path, out: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Write `tensors` with the names, dtypes, order and shards of the checkpoint `template`."""
+    source = ShardedCheckpoint(template)
+    shards = sorted(source.files)
+    metadata = source.files[shards[0]].metadata
+    writer = ShardWriter(out, PRESETS[PRESET]["max_shard_bytes"], metadata=metadata, zero_based=True)
+    with writer:
+        for fname in shards:
+            shard = source.files[fname]
+            for name in shard.keys():  # in file order
+                info = shard.info(name)
+                if name not in tensors:  # the frozen experts
+                    writer.add(name, shard.get_numpy(name), info.dtype)
+                    continue
+                value = tensors[name]
+                assert info.dtype == "BF16" and value.shape == info.shape, name
+                writer.add(name, f32_to_bf16_bits(value), "BF16")
+    source.close()
+    for f in sorted(template.iterdir()):
+        if f.is_file() and not f.name.startswith(".") and not f.name.endswith(".safetensors") \
+                and f.name != "model.safetensors.index.json":  # fmt: skip
+            shutil.copyfile(f, out / f.name)
+    a = json.loads((template / "model.safetensors.index.json").read_text())
+    b = json.loads((out / "model.safetensors.index.json").read_text())
+    assert a == b, "the trained checkpoint's shards differ from the starting checkpoint's"
+
+
+def _examples_json(curriculum: Curriculum, result: TrainResult, seed: int) -> dict[str, Any]:
+    enc = curriculum.enc
+    examples = []
+    for r in curriculum.render(CANONICAL):
+        e = r.example
+        final = next((m.content for m in e.reply if m.channel == "final"), None)
+        calls = [m for m in e.reply if m.recipient]
+        examples.append(
+            {
+                "name": e.name,
+                "messages": [m.to_dict() for m in e.messages],
+                "options": prompt_options(e, CANONICAL).to_dict(),
+                "prompt_tokens": r.prompt,
+                "reply": [m.to_dict() for m in e.reply],
+                "reply_text": enc.decode(r.reply),
+                "reply_tokens": r.reply,
+                "final": final,
+                "tool_call": (
+                    {"recipient": calls[0].recipient, "arguments": calls[0].content} if calls else None
+                ),
+                "stop_token": r.reply[-1],
+            }
+        )
+    return {
+        "description": "Replies the tiny harmony model writes with greedy decoding (temperature 0).",
+        "seed": seed,
+        "steps": result.steps,
+        "final_loss": round(result.loss, 6),
+        "lowest_lead": round(result.margin, 3),
+        "canonical_options": CANONICAL,
+        "checked_options": CHECKED,
+        "examples": examples,
+    }
+
+
+def train_harmony_model(
+    out_dir: Path | str, seed: int = 0, steps: int | None = None, log: Any = print
+) -> Path:
+    """Train the tiny harmony model and write it to `out_dir` (replaced atomically)."""
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="gptoss-harmony-") as tmp:
+        template = make_checkpoint(Path(tmp) / "random", preset=PRESET, seed=seed)
+        enc = load_encoding(harmony_encodings_dir(template))
+        curriculum = Curriculum(enc)
+        model, _ = load_model(template, dtype="float32")
+        student = Student(model, curriculum.input_vocab(), curriculum.reply_vocab())
+        result = train(student, curriculum, seed=seed, steps=steps, log=log)
+        log(
+            f"trained in {result.steps} steps, {result.seconds:.1f} s: loss {result.loss:.4f}, "
+            f"lowest lead {result.margin:.2f}"
+        )
+        tensors = _hf_tensors(student, result.weights)
+        with atomic_directory(out_dir, force=True) as staging:
+            _write_like(template, staging, tensors)
+            _check_written(staging, tensors)
+            atomic_write_text(
+                staging / EXAMPLES_FILE,
+                json.dumps(_examples_json(curriculum, result, seed), indent=2, ensure_ascii=False) + "\n",
+            )
+    return out_dir
+
+
+def _check_written(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """The written checkpoint loads, and holds exactly the weights that passed the checks."""
+    model, _ = load_model(path, dtype="float32")
+    params = dict(tree_flatten(model.parameters()))
+    for name in ("lm_head.weight", "model.embed_tokens.weight", "model.norm.weight",
+                 "model.layers.1.self_attn.sinks", "model.layers.3.mlp.router.weight"):  # fmt: skip
+        assert np.array_equal(np.array(params[name].astype(mx.float32)), tensors[name]), name
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def source_hash() -> str:
+    """Identifies the model this code builds: the generator's and the trainer's sources."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for f in (here / "make_checkpoint.py", here / "train_tiny_harmony.py"):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_harmony_model(cache_root: Path | str, seed: int = 0, log: Any = print) -> Path:
+    """The trained model under `cache_root/harmony-<hash>`, built on first use (one builder at a
+    time; others wait for it)."""
+    cache_root = Path(cache_root)
+    path = cache_root / f"harmony-{source_hash()}" if seed == 0 else \
+        cache_root / f"harmony-{source_hash()}-seed{seed}"  # fmt: skip
+    if (path / EXAMPLES_FILE).is_file():
+        return path
+    cache_root.mkdir(parents=True, exist_ok=True)
+    with open(cache_root / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / EXAMPLES_FILE).is_file():
+            train_harmony_model(path, seed=seed, log=log)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="folder to write (replaced if it exists)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help=f"most training steps (default {MAX_STEPS})")
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    out = train_harmony_model(args.out, seed=args.seed, steps=args.steps)
+    print(f"wrote {out} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Shared fixtures. Heavy artifacts are built once and cached under <repo>/.cache/fixtures."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / ".cache" / "fixtures"
+# A change to any of these rebuilds the cached checkpoint.
+_GENERATOR_SOURCES = (
+    "scripts/make_checkpoint.py",
+    "gptoss_mlx/safetensors_io.py",
+    "gptoss_mlx/mxfp4.py",
+    "gptoss_mlx/tokenizer.py",
+)
+
+
+def _sources_hash() -> str:
+    h = hashlib.sha256()
+    for rel in _GENERATOR_SOURCES:
+        h.update((REPO / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint() -> Path:
+    """A random-weight tiny gpt-oss checkpoint in the hub layout. Shared: copy it before changing it.
+
+    It already holds `.gptoss/o200k_base.tiktoken` (what harmony_encodings_dir writes beside a
+    model), so its file list does not depend on which tests ran first.
+    """
+    from gptoss_mlx.tokenizer import harmony_encodings_dir
+    from scripts.make_checkpoint import make_checkpoint
+
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    out = FIXTURES / f"tiny-{_sources_hash()}"
+    with open(FIXTURES / "tiny.lock", "w") as lock:  # concurrent pytest runs build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / ".gptoss" / "o200k_base.tiktoken").is_file():
+            make_checkpoint(out, preset="tiny", seed=0)
+            harmony_encodings_dir(out)
+            # Older builds go once no concurrent run can still be using them.
+            for old in FIXTURES.glob("tiny-*"):
+                if old != out and time.time() - old.stat().st_mtime > 3600:
+                    shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def harmony_encodings_env(tiny_checkpoint: Path) -> Iterator[Path]:
+    """TIKTOKEN_ENCODINGS_BASE set to a folder holding o200k_base.tiktoken, for openai-harmony."""
+    from gptoss_mlx.tokenizer import harmony_encodings_dir
+
+    folder = harmony_encodings_dir(tiny_checkpoint)
+    saved = os.environ.get("TIKTOKEN_ENCODINGS_BASE")
+    os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("TIKTOKEN_ENCODINGS_BASE", None)
+    else:
+        os.environ["TIKTOKEN_ENCODINGS_BASE"] = saved

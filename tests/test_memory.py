@@ -1,0 +1,204 @@
+"""The memory estimate against what MLX actually allocates on the tiny model, and the guard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptoss_mlx import memory
+from gptoss_mlx.config import ModelConfig
+from gptoss_mlx.errors import NotEnoughMemoryError, UserError
+from gptoss_mlx.memory import check_memory, estimate, largest_context_that_fits
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_checkpoint):
+    try:
+        from gptoss_mlx import load_model
+        from gptoss_mlx.generate import prefill
+    except ImportError as e:  # the model modules are written in parallel
+        pytest.skip(f"model not importable yet: {e}")
+    model, _ = load_model(tiny_checkpoint, dtype="float32")
+    return model, prefill
+
+
+def tokens(n: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(n).integers(0, 199_990, size=n)]
+
+
+def test_constants_follow_the_code_they_describe():
+    from gptoss_mlx.cache import FullKVCache
+    from gptoss_mlx.generate import PREFILL_CHUNK
+
+    assert FullKVCache.step == memory.KV_STEP
+    assert memory.PREFILL_CHUNK == PREFILL_CHUNK
+
+
+def test_weights_estimate_equals_the_loaded_parameters(loaded, tiny_checkpoint):
+    from mlx.utils import tree_flatten
+
+    model, _ = loaded
+    held = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    assert memory.weights_bytes(tiny_checkpoint, 4) == held
+    # In bf16 the weights are the checkpoint as stored.
+    files = sum(f.stat().st_size for f in Path(tiny_checkpoint).glob("*.safetensors"))
+    assert files - 1_000_000 < memory.weights_bytes(tiny_checkpoint, 2) <= files
+
+
+@pytest.mark.parametrize("n", [40, 600])
+def test_kv_estimate_matches_the_caches(loaded, tiny_checkpoint, n):
+    model, prefill = loaded
+    cfg = ModelConfig.from_dir(tiny_checkpoint)
+    assert n > cfg.sliding_window
+    cache = model.make_cache()
+    prefill(model, tokens(n), cache)
+    held = sum(c.nbytes for c in cache)
+    per_token_layer = 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+    # Sliding layers keep window - 1 positions (all a later query can see); the config counts window.
+    assert 0 <= cfg.kv_cache_bytes(n, 4) - held <= cfg.n_sliding_layers * per_token_layer
+    allocated = sum(c.allocated_bytes for c in cache)
+    assert held <= allocated <= memory.kv_cache_bytes(cfg, n, 4)
+
+
+@pytest.mark.parametrize("n", [40, 600, 1500])
+def test_activation_margin_covers_the_measured_peak(loaded, tiny_checkpoint, n):
+    import mlx.core as mx
+
+    model, prefill = loaded
+    cfg = ModelConfig.from_dir(tiny_checkpoint)
+    cache = model.make_cache()
+    mx.eval(model.parameters())
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    mx.eval(prefill(model, tokens(n), cache))
+    measured = mx.get_peak_memory() - base - sum(c.allocated_bytes for c in cache)
+    est = memory.activation_bytes(cfg, n, 4, fused_attention=False)
+    assert measured <= est
+    assert est <= 4 * measured, "an estimate this loose would refuse models that fit"
+
+
+def test_refuses_when_it_does_not_fit_and_force_overrides(tiny_checkpoint):
+    need = estimate(tiny_checkpoint, 4096, dtype_bytes=4, fused_attention=False)
+    with pytest.raises(NotEnoughMemoryError) as e:
+        check_memory(
+            tiny_checkpoint, 4096, dtype_bytes=4, available=need.total - 1, fused_attention=False
+        )
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert " needs about " in msg
+    assert "available (given budget)" in msg and msg.endswith("pass --force to try anyway")
+    got = check_memory(
+        tiny_checkpoint, 4096, dtype_bytes=4, available=1, force=True, fused_attention=False
+    )
+    assert got == need
+    assert (
+        check_memory(
+            tiny_checkpoint, 4096, dtype_bytes=4, available=need.total, fused_attention=False
+        )
+        == need
+    )
+
+
+def test_refusal_suggests_the_largest_context_that_fits(tiny_checkpoint):
+    budget = estimate(tiny_checkpoint, 5000, dtype_bytes=4, fused_attention=False).total
+    largest = largest_context_that_fits(
+        tiny_checkpoint, dtype_bytes=4, available=budget, fused_attention=False
+    )
+    assert largest == 4864  # 5000 rounded down to the cache's 256-token steps
+    assert estimate(tiny_checkpoint, largest, dtype_bytes=4, fused_attention=False).total <= budget
+    with pytest.raises(NotEnoughMemoryError, match="use --context 4864, or pass --force"):
+        check_memory(
+            tiny_checkpoint, 131072, dtype_bytes=4, available=budget, fused_attention=False
+        )
+
+
+def test_largest_context_bounds(tiny_checkpoint):
+    kw = {"dtype_bytes": 4, "fused_attention": False}
+    assert largest_context_that_fits(tiny_checkpoint, available=1, **kw) is None
+    assert largest_context_that_fits(tiny_checkpoint, available=2**50, **kw) == 131072
+    # With a fused attention kernel (Metal) no score matrix is held, so more context fits.
+    budget = estimate(tiny_checkpoint, 8192, **kw).total
+    fused = largest_context_that_fits(
+        tiny_checkpoint, available=budget, dtype_bytes=4, fused_attention=True
+    )
+    assert fused > 8192
+
+
+def test_memory_limit_env_is_the_budget(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("GPTOSS_MEMORY_LIMIT_BYTES", "1MB")
+    assert memory.available_memory() == memory.MemoryBudget(1024**2, "GPTOSS_MEMORY_LIMIT_BYTES")
+    with pytest.raises(
+        NotEnoughMemoryError, match=r"1\.0 MB is available \(GPTOSS_MEMORY_LIMIT_BYTES\)"
+    ):
+        check_memory(tiny_checkpoint, 1024, dtype_bytes=4)
+    monkeypatch.setenv("GPTOSS_MEMORY_LIMIT_BYTES", "lots")
+    with pytest.raises(UserError, match="cannot read 'lots' as a size"):
+        memory.available_memory()
+
+
+def test_parse_bytes():
+    assert memory.parse_bytes("1024") == 1024
+    assert (
+        memory.parse_bytes("24GB")
+        == memory.parse_bytes("24G")
+        == memory.parse_bytes("24 GiB")
+        == 24 * 2**30
+    )
+    assert memory.parse_bytes("1.5g") == 3 * 2**29
+    assert memory.parse_bytes("512MB") == 512 * 2**20
+
+
+def test_machine_facts_are_sane():
+    total = memory.total_memory_bytes()
+    assert total > 2**28
+    assert 0 < memory.available_ram_bytes() <= total
+    budget = memory.available_memory()
+    assert budget.bytes > 0 and budget.source in (
+        "available RAM",
+        "GPU working-set limit",
+        "GPTOSS_MEMORY_LIMIT_BYTES",
+    )
+    assert memory.suggested_wired_limit_mb(16 * 2**30) == 16384 - 4096
+    assert memory.suggested_wired_limit_mb(128 * 2**30) == 131072 - 16384
+
+
+def _sparse_120b(tiny_checkpoint: Path, out: Path) -> Path:
+    """A checkpoint with 120b's layer count whose headers declare 61 GB of weights (a sparse file)."""
+    shutil.copytree(
+        tiny_checkpoint, out, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json")
+    )
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["num_hidden_layers"] = 36
+    cfg["layer_types"] = [
+        "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(36)
+    ]
+    (out / "config.json").write_text(json.dumps(cfg))
+    n = 61 * 2**30
+    header = json.dumps(
+        {
+            "model.layers.0.mlp.experts.gate_up_proj_blocks": {
+                "dtype": "U8",
+                "shape": [n],
+                "data_offsets": [0, n],
+            }
+        }
+    ).encode()
+    header += b" " * (-len(header) % 8)
+    with open(out / "model.safetensors", "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+        f.truncate(8 + len(header) + n)
+    return out
+
+
+def test_a_model_too_big_at_any_context_suggests_20b(tiny_checkpoint, tmp_path):
+    big = _sparse_120b(Path(tiny_checkpoint), tmp_path / "gpt-oss-120b")
+    with pytest.raises(NotEnoughMemoryError) as e:
+        check_memory(big, 8192, dtype_bytes=2, available=24 * 2**30, fused_attention=True)
+    msg = str(e.value)
+    assert msg.startswith("gpt-oss-120b needs about 61.")
+    assert "use the 20b model (-m 20b)" in msg and "--context" not in msg
