@@ -8,8 +8,6 @@ from typing import Annotated
 
 import typer
 
-from . import cli
-
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 bad input or setting; 2 bad usage; 3 model not found; 4 bad checkpoint;"
     " 5 context full; 6 not enough memory; 7 not enough disk; 8 download failed; 130 interrupted."
@@ -46,4 +44,3 @@ def register(app: typer.Typer) -> None:
     from .cli_run import run_cmd
 
     app.command("run", epilog=EXIT_CODES_HELP)(run_cmd)
-    _ = cli  # shared option types live in cli

@@ -185,12 +185,12 @@ def generate(
                 stats.finish_reason = stop_tokens[token]
                 yield token
                 break
-            if n >= max_tokens:
-                stats.finish_reason = "length"
-                yield token
-                break
             if cache_offset(cache) + 1 > context_limit:
                 stats.finish_reason = "context_full"
+                yield token
+                break
+            if n >= max_tokens:
+                stats.finish_reason = "length"
                 yield token
                 break
             # Build and start the next step before handing this token out (pipelined decode).

@@ -612,7 +612,9 @@ class ReplyParser:
             self._header = []
         elif token in (CHANNEL, CONSTRAIN) or _is_ordinary(token):
             self._header.append(token)
-            if len(self._header) > _MAX_HEADER_TOKENS and self._decodes(self._header):
+            # Wait for whole UTF-8 characters, but not forever: bad bytes may never complete.
+            n = len(self._header)
+            if n > _MAX_HEADER_TOKENS and (self._decodes(self._header) or n > _MAX_HEADER_TOKENS + 8):
                 self._warn("header too long: treating it as content")
                 self._open_message(self._header, events, separate=False)
                 self._header = []

@@ -117,7 +117,8 @@ class ChatSession:
                 f"context full: {what} exceed the {limit}-token context; "
                 "/undo or /reset to make room, or use a larger --context"
             )
-        return min(room, self.settings.max_tokens or room)
+        # Without --max-tokens the reply may fill the context; generate() stops it there.
+        return self.settings.max_tokens or limit
 
     def _reuse(self, prompt: list[int]) -> tuple[int, Any]:
         """Bring the cache to the longest reusable prefix of `prompt`; return (its length, logits or None)."""

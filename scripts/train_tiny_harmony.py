@@ -70,6 +70,7 @@ EMBED_LR_SCALE = 10.0
 WARMUP_STEPS = 10
 DECAY_STEPS = 150
 FINAL_LR_FRACTION = 0.1
+CLIP_NORM = 1.0
 # Logit lead of the expected token over every other token, in bf16: enough that incremental
 # decoding (different summation order) and bf16 activations pick the same token.
 MARGIN = 1.0
@@ -417,12 +418,13 @@ class _PrefixCache:
         return other
 
     def update_and_fetch(self, k: mx.array, v: mx.array) -> tuple[mx.array, mx.array]:
+        new = k.shape[2]
         if self.keys is not None:
             shape = (k.shape[0], *self.keys.shape[1:])
             k = mx.concatenate([mx.broadcast_to(self.keys, shape), k], axis=2)
             v = mx.concatenate([mx.broadcast_to(self.values, shape), v], axis=2)
         if not self.sealed:
-            self.offset += k.shape[2] - self.cached_len
+            self.offset += new
             start = 0 if self.keep is None else max(0, k.shape[2] - self.keep)
             self.keys, self.values = k[..., start:, :], v[..., start:, :]
         return k, v
@@ -575,11 +577,11 @@ def _failures(
     lowest = math.inf
     for variant in variants:
         seqs = curriculum.render(variant)
-        groups = _plan(student, seqs)
-        _, margins = _scores(student, groups)
+        plan = _plan(student, seqs)
+        _, margins = _scores(student, plan)
         margins_np = np.array(margins)
         lowest = min(lowest, float(margins_np.min()))
-        owners = _owners(groups)
+        owners = plan.owners
         bad = sorted({owners[i] for i in np.flatnonzero(margins_np < MARGIN)})
         failures += [f"{seqs[i].example.name} under {variant}" for i in bad]
     return failures, lowest
@@ -640,16 +642,16 @@ def train(
     start = time.perf_counter()
     streak, loss_value = 0, math.inf
     for step in range(1, max_steps + 1):
-        groups = _plan(student, curriculum.render(_sample_variant(rng)))
-        (loss, margins), grads = step_fn(student, groups)
-        grads, _ = optim.clip_grad_norm(grads, 1.0)
+        plan = _plan(student, curriculum.render(_sample_variant(rng)))
+        (loss, margins), grads = step_fn(student, plan)
+        grads, _ = optim.clip_grad_norm(grads, CLIP_NORM)
         opt.update(student, grads)
         mx.eval(student.trainable_parameters(), opt.state, loss, margins)
         loss_value = loss.item()
         streak = streak + 1 if margins.min().item() >= MARGIN else 0
         if step % 10 == 0:
             worst = int(mx.argmin(margins).item())
-            name = curriculum.examples[_owners(groups)[worst]].name
+            name = curriculum.examples[plan.owners[worst]].name
             log(f"step {step}: loss {loss_value:.4f}, lowest lead {margins.min().item():.2f} ({name})")
         if streak >= PATIENCE:
             failures, lowest, rounded = _check_rounded(student, curriculum, CHECKED)
