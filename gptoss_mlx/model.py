@@ -6,18 +6,24 @@ gpt-oss config), top-k router with softmax over the selected logits, clamped Swi
 directly on 4-bit weights with `mx.gather_qmm`, RMSNorm, untied lm_head.
 
 Parameter names follow mlx-lm's gpt_oss layout, so converted checkpoints load in both.
+
+On the CPU backend the matmuls can run on the CPU fast path instead (cpu_path.py: C kernels and
+BLAS on the same weights, float32 arithmetic); device.py decides, `Model.set_fast_path` overrides.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .cache import FullKVCache, WindowKVCache
 from .config import ModelConfig
+
+if TYPE_CHECKING:
+    from .cpu_path import CpuFastPath
 
 
 def yarn_inv_freq(cfg: ModelConfig) -> tuple[mx.array, float]:
@@ -85,11 +91,16 @@ class Attention(nn.Module):
         self.scale = cfg.head_dim**-0.5
         self.rope = YarnRoPE(cfg)
 
+    _fast: CpuFastPath | None = None
+
+    def _proj(self, linear: nn.Module, x: mx.array) -> mx.array:
+        return self._fast.linear(linear, x) if self._fast is not None else linear(x)
+
     def __call__(self, x: mx.array, mask: Any, cache: FullKVCache | WindowKVCache | None) -> mx.array:
         B, L, _ = x.shape
-        q = self.q_proj(x).reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
+        q = self._proj(self.q_proj, x).reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+        k = self._proj(self.k_proj, x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
+        v = self._proj(self.v_proj, x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
         q = self.rope(q, offset)
         k = self.rope(k, offset)
@@ -98,7 +109,7 @@ class Attention(nn.Module):
         out = mx.fast.scaled_dot_product_attention(
             q, k, v, scale=self.scale, mask=mask, sinks=self.sinks.astype(q.dtype)
         )
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return self._proj(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
 @mx.compile
@@ -198,7 +209,11 @@ class MLP(nn.Module):
         weights = mx.softmax(top.astype(mx.float32), axis=-1).astype(x.dtype)
         return idx, weights
 
+    _fast: CpuFastPath | None = None
+
     def __call__(self, x: mx.array) -> mx.array:
+        if self._fast is not None:
+            return self._fast.moe(self, x)
         shape = x.shape
         x = x.reshape(-1, shape[-1])
         idx, weights = self.route(x)
@@ -243,6 +258,36 @@ class Model(nn.Module):
         self.model = Backbone(cfg, q["group_size"], q["bits"], q.get("mode", "affine"))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.dtype = mx.float32
+        self._fast_setting: bool | None = None
+        self._fast: CpuFastPath | None = None
+        self._fast_reason = ""
+        self._fast_decided: mx.Dtype | None = None  # the activation dtype it was decided for
+
+    def set_fast_path(self, enabled: bool | None) -> None:
+        """None: as device.py decides for this device and dtype (the default); False: plain MLX
+        everywhere (the reference path); True: the CPU fast path (ValueError if unavailable)."""
+        self._fast_setting = enabled
+        self._fast_decided = None
+
+    def fast_path(self) -> tuple[bool, str]:
+        """Whether the CPU fast path is used, and why."""
+        self._decide_fast_path()
+        return self._fast is not None, self._fast_reason
+
+    def _decide_fast_path(self) -> None:
+        if self._fast_decided is not None and self._fast_decided == self.dtype:
+            return
+        from .device import cpu_fast_path
+
+        fast, reason = (None, "disabled by Model.set_fast_path(False)")
+        if self._fast_setting is not False:
+            fast, reason = cpu_fast_path(self.dtype)
+            if fast is None and self._fast_setting:
+                raise ValueError(f"the CPU fast path is unavailable: {reason}")
+        self._fast, self._fast_reason, self._fast_decided = fast, reason, self.dtype
+        for layer in self.layers:
+            layer.self_attn._fast = fast
+            layer.mlp._fast = fast
 
     @property
     def layers(self) -> list[Block]:
@@ -259,6 +304,7 @@ class Model(nn.Module):
 
     def hidden(self, tokens: mx.array, cache: list | None = None) -> mx.array:
         """Final-norm hidden states [B, L, H]."""
+        self._decide_fast_path()
         x = self.embed(tokens)
         L = x.shape[1]
         window = self.config.sliding_window
@@ -280,4 +326,4 @@ class Model(nn.Module):
         h = self.hidden(tokens, cache)
         if last_only:
             h = h[:, -1:, :]
-        return self.lm_head(h)
+        return self._fast.linear(self.lm_head, h) if self._fast is not None else self.lm_head(h)

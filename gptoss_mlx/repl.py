@@ -3,7 +3,9 @@ chatstore.py. The conversation itself lives in session.ChatSession."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -281,7 +283,7 @@ class Repl:
 
         self.session.progress = view.progress
         try:
-            with view:
+            with quiet_keyboard(self._real_terminal()), view:
                 result = self.session.collect(events, on_event)
         finally:
             self.session.progress = None
@@ -290,6 +292,9 @@ class Repl:
             result.stats, self.session.context_used(), self.session.settings.context
         )
         return result
+
+    def _real_terminal(self) -> bool:
+        return self._io[0] is None and self.lines is None and sys.stdin.isatty()
 
     def save(self) -> None:
         if not self.autosave:
@@ -442,6 +447,32 @@ class Repl:
 
     def cmd_exit(self, arg: str) -> bool:
         return False
+
+
+@contextlib.contextmanager
+def quiet_keyboard(enabled: bool) -> Iterator[None]:
+    """While the model writes, keys typed ahead are not echoed into the streaming output (they
+    still reach the next prompt); Ctrl-C still interrupts."""
+    try:
+        import termios
+    except ImportError:
+        enabled = False
+    if not enabled:
+        yield
+        return
+    fd = sys.stdin.fileno()
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def _clip(text: str, n: int) -> str:

@@ -1,0 +1,387 @@
+/* CPU kernels for gpt-oss on the MLX CPU backend: built at first use by cpu_kernels.py with the
+ * system C compiler (-O3 -march=native -fopenmp) and called through ctypes on zero-copy numpy
+ * views of MLX arrays. Activations and accumulation are float32; weights are read as stored:
+ * dense matrices in float32 or bfloat16, experts in MXFP4 (two E2M1 codes a byte, low nibble
+ * first, one E8M0 scale per 32 values: MLX's "mxfp4" layout).
+ *
+ * Every function has a portable C path; the AVX-512 paths are used where the compiler targets it.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define USE_AVX512 1
+#endif
+
+enum { F32 = 0, BF16 = 1 };
+#define GROUP 32
+#define MAX_M 8
+
+static const float FP4[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
+                              -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+static float E8M0[256];
+
+__attribute__((constructor)) static void init_tables(void) {
+    for (int i = 0; i < 255; i++) E8M0[i] = ldexpf(1.0f, i - 127);
+    E8M0[255] = NAN;
+}
+
+int gptoss_num_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int gptoss_simd(void) {
+#ifdef USE_AVX512
+    return 512;
+#else
+    return 0;
+#endif
+}
+
+static inline float bf16_to_float(uint16_t h) {
+    union { uint32_t u; float f; } c = {(uint32_t)h << 16};
+    return c.f;
+}
+
+static inline float load_scalar(const void *p, int dtype, int64_t i) {
+    return dtype == BF16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+/* ---- dense: Y[m, n] = W[n, :] . X[m, :] + bias[n] ---------------------------------------- */
+
+#ifdef USE_AVX512
+static inline __m512 load16(const void *w, int dtype, int64_t i) {
+    if (dtype == BF16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)w + i));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    }
+    return _mm512_loadu_ps((const float *)w + i);
+}
+#endif
+
+/* Four rows against one x: four independent accumulation chains. */
+static void dot4_rows(const void *W, int dtype, int64_t n, int64_t K, const float *x, float *out) {
+    int64_t k = 0;
+    float acc[4] = {0, 0, 0, 0};
+#ifdef USE_AVX512
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 xv = _mm512_loadu_ps(x + k);
+        a0 = _mm512_fmadd_ps(load16(W, dtype, (n + 0) * K + k), xv, a0);
+        a1 = _mm512_fmadd_ps(load16(W, dtype, (n + 1) * K + k), xv, a1);
+        a2 = _mm512_fmadd_ps(load16(W, dtype, (n + 2) * K + k), xv, a2);
+        a3 = _mm512_fmadd_ps(load16(W, dtype, (n + 3) * K + k), xv, a3);
+    }
+    acc[0] = _mm512_reduce_add_ps(a0);
+    acc[1] = _mm512_reduce_add_ps(a1);
+    acc[2] = _mm512_reduce_add_ps(a2);
+    acc[3] = _mm512_reduce_add_ps(a3);
+#endif
+    for (int r = 0; r < 4; r++) {
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t kk = k; kk < K; kk++) s += load_scalar(W, dtype, (n + r) * K + kk) * x[kk];
+        out[r] = acc[r] + s;
+    }
+}
+
+/* One row against up to MAX_M x rows (the row is read once). */
+static void dot_row_m(const void *W, int dtype, int64_t n, int64_t K, const float *X, int64_t M,
+                      float *out) {
+    int64_t k = 0;
+    for (int64_t m = 0; m < M; m++) out[m] = 0.0f;
+#ifdef USE_AVX512
+    __m512 acc[MAX_M];
+    for (int64_t m = 0; m < M; m++) acc[m] = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        __m512 w = load16(W, dtype, n * K + k);
+        for (int64_t m = 0; m < M; m++) acc[m] = _mm512_fmadd_ps(w, _mm512_loadu_ps(X + m * K + k), acc[m]);
+    }
+    for (int64_t m = 0; m < M; m++) out[m] = _mm512_reduce_add_ps(acc[m]);
+#endif
+    for (int64_t m = 0; m < M; m++) {
+        float s = 0.0f;
+        for (int64_t kk = k; kk < K; kk++) s += load_scalar(W, dtype, n * K + kk) * X[m * K + kk];
+        out[m] += s;
+    }
+}
+
+void gptoss_linear(const void *W, int wdtype, int64_t N, int64_t K, const float *X, int64_t M,
+                   const void *bias, int bdtype, float *Y) {
+    for (int64_t m0 = 0; m0 < M; m0 += MAX_M) {
+        int64_t mb = M - m0 < MAX_M ? M - m0 : MAX_M;
+        const float *Xb = X + m0 * K;
+        float *Yb = Y + m0 * N;
+        if (mb == 1) {
+            int64_t N4 = N / 4 * 4;
+#pragma omp parallel for schedule(static)
+            for (int64_t n = 0; n < N4; n += 4) {
+                float out[4];
+                dot4_rows(W, wdtype, n, K, Xb, out);
+                for (int r = 0; r < 4; r++) Yb[n + r] = out[r] + (bias ? load_scalar(bias, bdtype, n + r) : 0.0f);
+            }
+            for (int64_t n = N4; n < N; n++) {
+                float out;
+                dot_row_m(W, wdtype, n, K, Xb, 1, &out);
+                Yb[n] = out + (bias ? load_scalar(bias, bdtype, n) : 0.0f);
+            }
+        } else {
+#pragma omp parallel for schedule(static)
+            for (int64_t n = 0; n < N; n++) {
+                float out[MAX_M];
+                dot_row_m(W, wdtype, n, K, Xb, mb, out);
+                float b = bias ? load_scalar(bias, bdtype, n) : 0.0f;
+                for (int64_t m = 0; m < mb; m++) Yb[m * N + n] = out[m] + b;
+            }
+        }
+    }
+}
+
+void gptoss_bf16_to_f32(const uint16_t *src, int64_t n, float *dst) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i += 4096) {
+        int64_t end = i + 4096 < n ? i + 4096 : n;
+        for (int64_t j = i; j < end; j++) dst[j] = bf16_to_float(src[j]);
+    }
+}
+
+/* ---- MXFP4 ------------------------------------------------------------------------------- */
+
+/* Within each group of 32, even positions first then odd ones: the order the low and high
+ * nibbles of 16 bytes come out in, so a dot product needs no shuffle of the weights. */
+static void deinterleave(const float *x, int64_t K, float *xs) {
+    for (int64_t g = 0; g < K; g += GROUP)
+        for (int i = 0; i < GROUP / 2; i++) {
+            xs[g + i] = x[g + 2 * i];
+            xs[g + GROUP / 2 + i] = x[g + 2 * i + 1];
+        }
+}
+
+/* Dot products of rows r0..r0+R-1 of an MXFP4 matrix ([rows, K/2] bytes, [rows, K/32] scales)
+ * with T deinterleaved vectors xs[t] (stride K); out[r * T + t]. The group sum is scaled once:
+ * scales are powers of two, so this equals scaling every weight, up to summation order. */
+static void q4_dot(const uint8_t *w, const uint8_t *s, int64_t K, const float *xs, int64_t T,
+                   float *out) {
+    const int64_t G = K / GROUP;
+#ifdef USE_AVX512
+    const __m512 lut = _mm512_loadu_ps(FP4);
+    if (T == 1) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+        int64_t g = 0;
+        for (; g + 2 <= G; g += 2) {
+            __m512i v0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + 16 * g)));
+            __m512i v1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + 16 * g + 16)));
+            __m512 t0 = _mm512_mul_ps(_mm512_permutexvar_ps(v0, lut), _mm512_loadu_ps(xs + 32 * g));
+            __m512 t1 = _mm512_mul_ps(_mm512_permutexvar_ps(v1, lut), _mm512_loadu_ps(xs + 32 * g + 32));
+            t0 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v0, 4), lut),
+                                 _mm512_loadu_ps(xs + 32 * g + 16), t0);
+            t1 = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v1, 4), lut),
+                                 _mm512_loadu_ps(xs + 32 * g + 48), t1);
+            a0 = _mm512_fmadd_ps(t0, _mm512_set1_ps(E8M0[s[g]]), a0);
+            a1 = _mm512_fmadd_ps(t1, _mm512_set1_ps(E8M0[s[g + 1]]), a1);
+        }
+        for (; g < G; g++) {
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + 16 * g)));
+            __m512 t = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), _mm512_loadu_ps(xs + 32 * g));
+            t = _mm512_fmadd_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut),
+                                _mm512_loadu_ps(xs + 32 * g + 16), t);
+            a0 = _mm512_fmadd_ps(t, _mm512_set1_ps(E8M0[s[g]]), a0);
+        }
+        out[0] = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        return;
+    }
+    __m512 acc[MAX_M];
+    for (int64_t t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(w + 16 * g)));
+        __m512 lo = _mm512_permutexvar_ps(v, lut);
+        __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
+        __m512 sc = _mm512_set1_ps(E8M0[s[g]]);
+        lo = _mm512_mul_ps(lo, sc);
+        hi = _mm512_mul_ps(hi, sc);
+        for (int64_t t = 0; t < T; t++) {
+            const float *x = xs + t * K + 32 * g;
+            acc[t] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x), acc[t]);
+            acc[t] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 16), acc[t]);
+        }
+    }
+    for (int64_t t = 0; t < T; t++) out[t] = _mm512_reduce_add_ps(acc[t]);
+#else
+    for (int64_t t = 0; t < T; t++) {
+        float total = 0.0f;
+        for (int64_t g = 0; g < G; g++) {
+            const uint8_t *b = w + 16 * g;
+            const float *x = xs + t * K + 32 * g;
+            float sum = 0.0f;
+            for (int i = 0; i < 16; i++) sum += FP4[b[i] & 15] * x[i] + FP4[b[i] >> 4] * x[16 + i];
+            total += sum * E8M0[s[g]];
+        }
+        out[t] = total;
+    }
+#endif
+}
+
+static inline float swiglu(float g, float u, float alpha, float limit) {
+    g = fminf(g, limit);
+    u = fminf(fmaxf(u, -limit), limit);
+    return (u + 1.0f) * (g / (1.0f + expf(-alpha * g)));
+}
+
+typedef struct {
+    const uint8_t *w;   /* [E, rows, K/2] */
+    const uint8_t *s;   /* [E, rows, K/32] */
+    const void *b;      /* [E, rows], f32 or bf16 */
+} QMat;
+
+/* One expert's clamped SwiGLU MLP on T <= MAX_M tokens, inside a parallel region.
+ * xs: [T, H] deinterleaved; gu: [T, 2, I] work; hs: [T, I] work; D: [T, H] output. */
+static void expert_tokens(QMat g, QMat u, QMat d, int bdtype, int64_t e, int64_t H, int64_t I,
+                          const float *xs, int64_t T, float alpha, float limit, float *gu,
+                          float *hs, float *D) {
+    const int64_t gstride = I * H / 2, gsc = I * H / GROUP, dstride = H * I / 2, dsc = H * I / GROUP;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < 2 * I; r++) {
+        QMat m = r < I ? g : u;
+        int64_t row = r < I ? r : r - I;
+        float out[MAX_M];
+        q4_dot(m.w + e * gstride + row * (H / 2), m.s + e * gsc + row * (H / GROUP), H, xs, T, out);
+        float b = load_scalar(m.b, bdtype, e * I + row);
+        for (int64_t t = 0; t < T; t++) gu[t * 2 * I + r] = out[t] + b;
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < T; t++) {
+        float h[GROUP];
+        for (int64_t c = 0; c < I; c += GROUP) {
+            for (int i = 0; i < GROUP; i++)
+                h[i] = swiglu(gu[t * 2 * I + c + i], gu[t * 2 * I + I + c + i], alpha, limit);
+            deinterleave(h, GROUP, hs + t * I + c);
+        }
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < H; r++) {
+        float out[MAX_M];
+        q4_dot(d.w + e * dstride + r * (I / 2), d.s + e * dsc + r * (I / GROUP), I, hs, T, out);
+        float b = load_scalar(d.b, bdtype, e * H + r);
+        for (int64_t t = 0; t < T; t++) D[t * H + r] = out[t] + b;
+    }
+}
+
+/* Tokens X [n, H] all routed to expert e: D [n, H] = down(swiglu(gate x, up x)) + biases. */
+void gptoss_expert_mxfp4(const float *X, int64_t n, int64_t H, int64_t I, int64_t e,
+                         const uint8_t *wg, const uint8_t *sg, const void *bg,
+                         const uint8_t *wu, const uint8_t *su, const void *bu,
+                         const uint8_t *wd, const uint8_t *sd, const void *bd, int bdtype,
+                         float alpha, float limit, float *D) {
+    QMat g = {wg, sg, bg}, u = {wu, su, bu}, d = {wd, sd, bd};
+    float *xs = malloc(sizeof(float) * (MAX_M * H + MAX_M * 3 * I));
+    float *gu = xs + MAX_M * H, *hs = gu + MAX_M * 2 * I;
+    for (int64_t t0 = 0; t0 < n; t0 += MAX_M) {
+        int64_t T = n - t0 < MAX_M ? n - t0 : MAX_M;
+        for (int64_t t = 0; t < T; t++) deinterleave(X + (t0 + t) * H, H, xs + t * H);
+#pragma omp parallel
+        expert_tokens(g, u, d, bdtype, e, H, I, xs, T, alpha, limit, gu, hs, D + t0 * H);
+    }
+    free(xs);
+}
+
+/* Decode: every token m of X [M, H] through its k experts idx[m, :] weighted by gates[m, :];
+ * Y [M, H] = sum_j gates[m, j] * expert_{idx[m, j]}(X[m]). */
+void gptoss_moe_mxfp4(const float *X, int64_t M, int64_t H, int64_t I, const int32_t *idx,
+                      const float *gates, int64_t k,
+                      const uint8_t *wg, const uint8_t *sg, const void *bg,
+                      const uint8_t *wu, const uint8_t *su, const void *bu,
+                      const uint8_t *wd, const uint8_t *sd, const void *bd, int bdtype,
+                      float alpha, float limit, float *Y) {
+    const int64_t gstride = I * H / 2, gsc = I * H / GROUP, dstride = H * I / 2, dsc = H * I / GROUP;
+    float *xs = malloc(sizeof(float) * (H + k * 3 * I));
+    float *gu = xs + H, *hs = gu + k * 2 * I;
+    for (int64_t m = 0; m < M; m++) {
+        const int32_t *ex = idx + m * k;
+        deinterleave(X + m * H, H, xs);
+#pragma omp parallel
+        {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < k * 2 * I; r++) {
+                int64_t j = r / (2 * I), q = r % (2 * I), e = ex[j];
+                const uint8_t *w = q < I ? wg : wu, *s = q < I ? sg : su;
+                const void *b = q < I ? bg : bu;
+                int64_t row = q < I ? q : q - I;
+                float out;
+                q4_dot(w + e * gstride + row * (H / 2), s + e * gsc + row * (H / GROUP), H, xs, 1, &out);
+                gu[r] = out + load_scalar(b, bdtype, e * I + row);
+            }
+#pragma omp for schedule(static)
+            for (int64_t j = 0; j < k; j++) {
+                float h[GROUP];
+                for (int64_t c = 0; c < I; c += GROUP) {
+                    for (int i = 0; i < GROUP; i++)
+                        h[i] = swiglu(gu[j * 2 * I + c + i], gu[j * 2 * I + I + c + i], alpha, limit);
+                    deinterleave(h, GROUP, hs + j * I + c);
+                }
+            }
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < H; r++) {
+                float acc = 0.0f;
+                for (int64_t j = 0; j < k; j++) {
+                    int64_t e = ex[j];
+                    float out;
+                    q4_dot(wd + e * dstride + r * (I / 2), sd + e * dsc + r * (I / GROUP), I, hs + j * I, 1, &out);
+                    acc += gates[m * k + j] * (out + load_scalar(bd, bdtype, e * H + r));
+                }
+                Y[m * H + r] = acc;
+            }
+        }
+    }
+    free(xs);
+}
+
+/* Dense float32 copy of rows [rows, K] of an MXFP4 matrix (for BLAS in prefill). */
+void gptoss_dequant_mxfp4(const uint8_t *w, const uint8_t *s, int64_t rows, int64_t K, float *out) {
+    const int64_t G = K / GROUP;
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++) {
+        const uint8_t *wr = w + r * (K / 2), *sr = s + r * G;
+        float *o = out + r * K;
+#ifdef USE_AVX512
+        const __m512 lut = _mm512_loadu_ps(FP4);
+        const __m512i lo_idx = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        const __m512i hi_idx = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+        for (int64_t g = 0; g < G; g++) {
+            __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(wr + 16 * g)));
+            __m512 sc = _mm512_set1_ps(E8M0[sr[g]]);
+            __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), sc);
+            __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), sc);
+            _mm512_storeu_ps(o + 32 * g, _mm512_permutex2var_ps(lo, lo_idx, hi));
+            _mm512_storeu_ps(o + 32 * g + 16, _mm512_permutex2var_ps(lo, hi_idx, hi));
+        }
+#else
+        for (int64_t g = 0; g < G; g++) {
+            float sc = E8M0[sr[g]];
+            for (int i = 0; i < 16; i++) {
+                o[32 * g + 2 * i] = FP4[wr[16 * g + i] & 15] * sc;
+                o[32 * g + 2 * i + 1] = FP4[wr[16 * g + i] >> 4] * sc;
+            }
+        }
+#endif
+    }
+}
+
+/* Prefill: GU [n, 2I] (gate columns then up columns, before biases) -> H [n, I]. */
+void gptoss_swiglu_bias(const float *GU, int64_t n, int64_t I, const void *bg, const void *bu,
+                        int64_t e, int bdtype, float alpha, float limit, float *H) {
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; t++)
+        for (int64_t c = 0; c < I; c++)
+            H[t * I + c] = swiglu(GU[t * 2 * I + c] + load_scalar(bg, bdtype, e * I + c),
+                                  GU[t * 2 * I + I + c] + load_scalar(bu, bdtype, e * I + c),
+                                  alpha, limit);
+}
