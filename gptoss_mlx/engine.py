@@ -30,7 +30,13 @@ def session_settings(settings: Settings, context_limit: int) -> Any:
     )
 
 
-def open_session(settings: Settings, *, interactive: bool, for_prompt_only: bool = False, path: Path | None = None) -> Any:
+def open_session(
+    settings: Settings,
+    *,
+    interactive: bool,
+    for_prompt_only: bool = False,
+    path: Path | None = None,
+) -> Any:
     from . import harmony
     from .config import ModelConfig
     from .errors import UserError
@@ -40,28 +46,38 @@ def open_session(settings: Settings, *, interactive: bool, for_prompt_only: bool
     path = path or resolve_model(settings.model, yes=settings.yes, interactive=interactive)
     cfg = ModelConfig.from_dir(path)
     max_ctx = min(cfg.max_position_embeddings, 131072)
-    context = settings.context or max_ctx
-    if context > max_ctx:
-        raise UserError(f"--context {context} is larger than the model's maximum of {max_ctx} tokens")
-    if settings.max_tokens and settings.max_tokens >= context:
-        raise UserError(f"--max-tokens {settings.max_tokens} does not fit in a {context}-token context")
+    if settings.context and settings.context > max_ctx:
+        raise UserError(
+            f"--context {settings.context} is larger than the model's maximum of {max_ctx} tokens"
+        )
     encoding = harmony.encoding_for_model(path)
     if for_prompt_only:
         from .tokenizer import Tokenizer
 
+        context = settings.context or max_ctx
         model, tokenizer = None, Tokenizer.from_dir(path)
     else:
         import mlx.core as mx
 
         from .device import activation_bytes, default_dtype
         from .loader import load_model
-        from .memory import check_memory
+        from .memory import check_memory, largest_context_that_fits
 
         dtype = settings.dtype or default_dtype()
-        check_memory(path, context, dtype_bytes=activation_bytes(dtype), force=settings.force)
+        dtype_bytes = activation_bytes(dtype)
+        context = settings.context
+        if context is None:
+            # Not asked for: the longest context that fits this machine (all of it on a big Mac).
+            fits = largest_context_that_fits(path, dtype_bytes=dtype_bytes)
+            context = min(max_ctx, fits) if fits and fits >= 1024 else max_ctx
+        check_memory(path, context, dtype_bytes=dtype_bytes, force=settings.force)
         model, tokenizer = load_model(path, dtype=dtype)
         if settings.seed is not None:
             mx.random.seed(settings.seed)
+    if settings.max_tokens and settings.max_tokens >= context:
+        raise UserError(
+            f"--max-tokens {settings.max_tokens} does not fit in a {context}-token context"
+        )
     session = ChatSession(model, tokenizer, encoding, session_settings(settings, context))
     session.model_path = path
     return session

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,39 +16,23 @@ from .weights import hf_to_mlx, infer_quant
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
-def weight_files(path: Path) -> list[Path]:
-    """The safetensors shards of a checkpoint, checked to exist (an index names them all)."""
-    index = path / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise BadCheckpointError(f"{index} is corrupt ({e}); re-download the model") from e
-        files = [path / n for n in names]
-        missing = [f.name for f in files if not f.exists()]
-        if missing:
-            raise BadCheckpointError(
-                f"{path} is missing shard(s) {', '.join(missing)}; re-run the download to complete it"
-            )
-        return files
-    files = sorted(path.glob("*.safetensors"))
-    if not files:
-        raise BadCheckpointError(f"{path} holds no .safetensors weights")
-    return files
-
-
 def read_weights(path: Path, cfg: ModelConfig) -> dict[str, mx.array]:
     """All tensors, mapped to the model's names (lazily loaded by MLX)."""
-    from .safetensors_io import SafetensorsFile
+    from .safetensors_io import ShardedCheckpoint
 
     weights: dict[str, mx.array] = {}
     hf = cfg.format == HF_MXFP4
-    for f in weight_files(path):
-        SafetensorsFile(f)  # raises a one-line BadCheckpointError on a truncated or corrupt shard
+    # Checks every shard is there, whole and consistent with the index (one-line errors).
+    ckpt = ShardedCheckpoint(path)
+    files = [f.path for f in ckpt.files.values()]
+    ckpt.close()
+    for f in files:
         try:
             tensors = mx.load(str(f))
         except Exception as e:
-            raise BadCheckpointError(f"cannot read {f.name} ({e}); the file is damaged, re-download it") from e
+            raise BadCheckpointError(
+                f"cannot read {f.name} ({e}); the file is damaged, re-download it"
+            ) from e
         for name, value in tensors.items():
             if hf:
                 weights.update(hf_to_mlx(name, value))
@@ -86,7 +69,9 @@ def build_model(cfg: ModelConfig, weights: dict[str, mx.array]) -> Model:
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
-        raise BadCheckpointError(f"weights do not match a gpt-oss model of this config: {str(e)[:300]}") from e
+        raise BadCheckpointError(
+            f"weights do not match a gpt-oss model of this config: {str(e)[:300]}"
+        ) from e
     return model
 
 

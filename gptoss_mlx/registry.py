@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,6 @@ APPROX_DOWNLOAD_BYTES = {
     "openai/gpt-oss-120b": 65_280_000_000,
 }
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -55,58 +53,32 @@ class LocalModel:
 # -- checkpoint inspection ------------------------------------------------------------------------
 
 
-def weight_files(model_dir: Path) -> list[Path]:
-    """The safetensors shards a loader reads (named by the index if there is one); may not exist."""
-    model_dir = Path(model_dir)
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise BadCheckpointError(f"{index} is corrupt ({e}); re-download the model") from e
-        return [model_dir / n for n in names]
-    return sorted(model_dir.glob("*.safetensors"))
-
-
 def is_complete(model_dir: Path) -> bool:
     """config.json, tokenizer.json and every weight shard are present."""
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").is_file() or not (model_dir / "tokenizer.json").is_file():
         return False
     try:
-        files = weight_files(model_dir)
+        from .safetensors_io import shard_paths
+
+        files = shard_paths(model_dir)
     except BadCheckpointError:
         return False
     return bool(files) and all(f.is_file() for f in files)
 
 
-def safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a .safetensors file (tensor names, dtypes, shapes, byte offsets)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(8)
-            if len(raw) < 8:
-                raise ValueError("file too short")
-            (n,) = struct.unpack("<Q", raw)
-            if n > MAX_HEADER_BYTES:
-                raise ValueError(f"header of {n} bytes")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError) as e:
-        raise BadCheckpointError(
-            f"cannot read {path} ({e}); the file is damaged, re-download it"
-        ) from e
-    header.pop("__metadata__", None)
-    return header
-
-
 def tensors(model_dir: Path) -> dict[str, dict[str, Any]]:
     """All tensors of a checkpoint: name -> {"dtype", "shape", "nbytes"} (headers only, no data read)."""
-    out: dict[str, dict[str, Any]] = {}
-    for f in weight_files(model_dir):
-        for name, t in safetensors_header(f).items():
-            start, end = t["data_offsets"]
-            out[name] = {"dtype": t["dtype"], "shape": t["shape"], "nbytes": end - start}
-    return out
+    from .safetensors_io import ShardedCheckpoint
+
+    ckpt = ShardedCheckpoint(model_dir)
+    try:
+        return {
+            n: {"dtype": i.dtype, "shape": list(i.shape), "nbytes": i.nbytes}
+            for n, i in ((n, ckpt.info(n)) for n in ckpt)
+        }
+    finally:
+        ckpt.close()
 
 
 _DTYPE_NAMES = {"BF16": "bf16", "F16": "fp16", "F32": "fp32"}

@@ -157,6 +157,25 @@ class SafetensorsFile:
         self._mmap = None
 
 
+def read_index(directory: Path) -> dict:
+    index_path = Path(directory) / INDEX_NAME
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        if not isinstance(index.get("weight_map"), dict):
+            raise KeyError("weight_map")
+        return index
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise BadCheckpointError(f"{index_path} is not a valid safetensors index") from err
+
+
+def shard_paths(directory: Path | str) -> list[Path]:
+    """The .safetensors files of a model folder (named by its index if it has one; they may be missing)."""
+    directory = Path(directory)
+    if (directory / INDEX_NAME).is_file():
+        return [directory / n for n in sorted(set(read_index(directory)["weight_map"].values()))]
+    return sorted(directory.glob("*.safetensors"))
+
+
 class ShardedCheckpoint:
     """A model folder's tensors: model.safetensors.index.json + shards, or one model.safetensors."""
 
@@ -165,18 +184,18 @@ class ShardedCheckpoint:
         index_path = self.directory / INDEX_NAME
         self.metadata: dict = {}
         if index_path.is_file():
-            try:
-                index = json.loads(index_path.read_text(encoding="utf-8"))
-                weight_map: dict[str, str] = dict(index["weight_map"])
-                self.metadata = dict(index.get("metadata") or {})
-            except (ValueError, KeyError, TypeError) as err:
-                raise BadCheckpointError(f"{index_path} is not a valid safetensors index") from err
-        elif (self.directory / SINGLE_NAME).is_file():
-            weight_map = dict.fromkeys(
-                SafetensorsFile(self.directory / SINGLE_NAME).keys(), SINGLE_NAME
-            )
+            index = read_index(self.directory)
+            weight_map: dict[str, str] = dict(index["weight_map"])
+            self.metadata = dict(index.get("metadata") or {})
         else:
-            raise BadCheckpointError(f"{self.directory} has no {INDEX_NAME} or {SINGLE_NAME}")
+            weight_map = {}
+            paths = shard_paths(self.directory)
+            if not paths:
+                raise BadCheckpointError(
+                    f"{self.directory} has no {INDEX_NAME} or .safetensors weights"
+                )
+            for path in paths:
+                weight_map.update(dict.fromkeys(SafetensorsFile(path).keys(), path.name))
         self.files: dict[str, SafetensorsFile] = {}
         for fname in sorted(set(weight_map.values())):
             path = self.directory / fname

@@ -108,7 +108,9 @@ def test_converted_model_is_preferred_over_the_download(downloaded, tiny_checkpo
 
 
 def test_incomplete_snapshot_is_not_used(downloaded):
-    shard = registry.weight_files(downloaded)[0]
+    from gptoss_mlx.safetensors_io import shard_paths
+
+    shard = shard_paths(downloaded)[0]
     shard.unlink()
     assert registry.cached_snapshot("openai/gpt-oss-20b") is None
     with pytest.raises(ModelNotFoundError):
@@ -232,8 +234,7 @@ def test_quantization_of_converted_models(tiny_checkpoint, tmp_path):
         assert registry.format_label(dst) == "MLX"
 
 
-def test_safetensors_header_of_a_damaged_file(tmp_path):
-    bad = tmp_path / "x.safetensors"
-    bad.write_bytes(b"\xff" * 16)
-    with pytest.raises(BadCheckpointError, match="damaged"):
-        registry.safetensors_header(bad)
+def test_tensors_of_a_damaged_checkpoint(tmp_path):
+    (tmp_path / "model.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(BadCheckpointError, match="download or convert it again"):
+        registry.tensors(tmp_path)
