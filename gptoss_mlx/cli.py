@@ -18,6 +18,8 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
+    # Plain help: rendering it with rich costs ~0.1 s of imports, and `gptoss --help` must be instant.
+    rich_markup_mode=None,
 )
 
 # Options shared by `run` and `chat` live in cli_options (one definition); re-exported here.
@@ -66,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit; GPTOSS_DEBUG=1 shows tracebacks."""
     debug = os.environ.get("GPTOSS_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, standalone_mode=False, prog_name="gptoss")
     except UserError as e:
         if debug:
             raise

@@ -81,6 +81,12 @@ class ChatSession:
     def reset(self) -> None:
         self.messages = []
 
+    def drop_cache(self) -> None:
+        """Forget the KV cache (the next turn prefills its whole prompt)."""
+        self.cache = self.model.make_cache() if self.model is not None else []
+        self.cached_tokens = []
+        self._snapshots = []
+
     def undo(self) -> bool:
         """Drop the last exchange (the last user message and everything after it)."""
         for i in range(len(self.messages) - 1, -1, -1):
