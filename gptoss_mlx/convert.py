@@ -99,7 +99,7 @@ class _Converter:
         self.max_abs = 0.0
 
     def raw(self, name: str) -> tuple[np.ndarray, str]:
-        return self.ckpt.get_numpy(name), self.ckpt.info(name).dtype
+        return self.ckpt.read(name), self.ckpt.info(name).dtype
 
     def float32(self, name: str) -> np.ndarray:
         a, dtype = self.raw(name)
