@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -53,6 +54,21 @@ def read_prompt(prompt: str | None, stdin: Any = None) -> str:
     raise UserError('no prompt: pass one as an argument (gptoss run "...") or on stdin (echo ... | gptoss run)')
 
 
+def read_tools(path: Path) -> list[Any]:
+    from .harmony import ToolSpec
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict):
+            data = [data]
+        specs = [ToolSpec.from_dict(t.get("function", t)) for t in data]
+    except OSError as e:
+        raise UserError(f"cannot read --tools file {path}: {e.strerror}") from e
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f'--tools file {path} is not a JSON list of {{"name", "description", "parameters"}} objects ({e})') from e
+    return specs
+
+
 def run_cmd(
     prompt: Annotated[str | None, typer.Argument(help='The prompt; "-" or none reads stdin. With both, stdin is the material and the argument the instruction.', show_default=False)] = None,
     model: ModelOpt = None,
@@ -71,6 +87,7 @@ def run_cmd(
     show_reasoning: Annotated[bool, typer.Option("--show-reasoning", help="Stream the reasoning (analysis) to stderr.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: final, reasoning, tool calls, usage, timings.")] = False,
     show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the rendered harmony prompt and exit.")] = False,
+    tools: Annotated[Path | None, typer.Option("--tools", help='JSON file of function tools the model may call: [{"name", "description", "parameters": JSON schema}]. Calls are reported in --json.', show_default=False)] = None,
 ) -> None:
     """Answer one prompt and exit. Only the final answer goes to stdout."""
     settings = settings_from(
@@ -79,9 +96,11 @@ def run_cmd(
         yes=yes, force=force,
     )
     text = read_prompt(prompt)
+    specs = read_tools(tools) if tools else []
     from .engine import open_session
 
     session = open_session(settings, interactive=sys.stdin.isatty() and sys.stderr.isatty(), for_prompt_only=show_prompt)
+    session.settings.tools = specs
     if show_prompt:
         from . import harmony
 
