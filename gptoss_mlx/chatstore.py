@@ -42,7 +42,7 @@ def now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def messages_from(dicts: list[dict[str, Any]]) -> list[Any]:
+def _messages_from(dicts: list[dict[str, Any]]) -> list[Any]:
     from .harmony import Message
 
     return [Message.from_dict(d) for d in dicts]
@@ -123,7 +123,7 @@ def validate(data: Any, path: Path | str = "chat") -> dict[str, Any]:
                 f"{path}: message {i + 1} is malformed (needs a role and text content)"
             )
         try:
-            messages_from([m])
+            _messages_from([m])
         except (ValueError, TypeError) as e:
             raise ChatFileError(f"{path}: message {i + 1}: {e}") from None
     settings = data.get("settings", {})

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .cli import (
+from .cli_options import (
     ContextOpt,
     DtypeOpt,
     EffortOpt,

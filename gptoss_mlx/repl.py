@@ -28,7 +28,6 @@ from .render import REASONING_MODES, Renderer
 PROMPT = ">>> "
 CONTINUATION = "... "
 BLOCK = '"""'
-EFFORTS = ("low", "medium", "high")
 
 # name -> (argument hint, help line)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,7 +46,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/exit": ("", "leave (also /quit, /bye, Ctrl-D)"),
 }
 ALIASES = {"/quit": "/exit", "/bye": "/exit", "/?": "/help"}
-ARGUMENTS = {"/effort": EFFORTS, "/reasoning": REASONING_MODES, "/instructions": ("off",)}
+ARGUMENTS = {"/effort": harmony.EFFORTS, "/reasoning": REASONING_MODES, "/instructions": ("off",)}
 
 KEYS_HELP = """\
 Enter sends · Alt-Enter (or Esc then Enter) adds a new line · pasted text stays one message
@@ -130,7 +129,7 @@ def key_bindings() -> KeyBindings:
 
 class Repl:
     """`gptoss chat`. Pass prompt_toolkit `input`/`output` and a rich `console` to drive it from
-    tests; `on_event` sees every reply event before it is shown (a test hook). `lines` reads
+    tests; `on_event` sees every reply event once it is shown (a test hook). `lines` reads
     plain lines instead (stdin that is not a terminal)."""
 
     def __init__(
@@ -277,9 +276,9 @@ class Repl:
         hook = self.on_event
 
         def on_event(ev: harmony.Event) -> None:
+            view.on_event(ev)
             if hook is not None:
                 hook(ev)
-            view.on_event(ev)
 
         self.session.progress = view.progress
         try:
@@ -318,7 +317,7 @@ class Repl:
             )
             return
         value = arg.lower()
-        if value not in EFFORTS:
+        if value not in harmony.EFFORTS:
             raise UserError(f"effort must be low, medium or high, not {arg!r}")
         self.session.settings.effort = value
         self.save()

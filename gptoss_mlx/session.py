@@ -80,6 +80,8 @@ class ChatSession:
     # ---- conversation editing -------------------------------------------------------------
     def reset(self) -> None:
         self.messages = []
+        self.last_stats = None
+        self.turns = 0
 
     def drop_cache(self) -> None:
         """Forget the KV cache (the next turn prefills its whole prompt)."""
@@ -171,10 +173,12 @@ class ChatSession:
 
     def retry(self) -> Iterator[harmony.Event]:
         """Regenerate the last answer."""
-        if self.pop_reply() is None:
+        last_user = max((i for i, m in enumerate(self.messages) if m.role == "user"), default=None)
+        if last_user is None:
             raise UserError("nothing to retry yet")
-        prompt = self.prompt_tokens()
-        self._check_fits(prompt)
+        prompt = self.prompt_tokens(self.messages[: last_user + 1])
+        self._check_fits(prompt)  # before dropping the answer: a refused retry keeps it
+        self.pop_reply()
         return self._reply(prompt)
 
     def add_tool_result(self, name: str, output: str) -> Iterator[harmony.Event]:

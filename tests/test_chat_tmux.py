@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -13,6 +14,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from . import fixtures_harmony
+
+harmony_model = fixtures_harmony.harmony_model  # the tiny model that speaks harmony
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)"
@@ -104,14 +109,6 @@ def terminals():
         term.close()
 
 
-@pytest.fixture(scope="module")
-def model_dir(request) -> Path:
-    try:
-        return Path(request.getfixturevalue("harmony_model"))
-    except pytest.FixtureLookupError:
-        return Path(request.getfixturevalue("tiny_checkpoint"))
-
-
 def footer_line(screen: str) -> str | None:
     return next((line for line in screen.splitlines() if " tokens · context " in line), None)
 
@@ -120,25 +117,30 @@ def last_line(screen: str) -> str:
     return next((line for line in reversed(screen.splitlines()) if line.strip()), "")
 
 
-def test_a_turn_as_a_person_sees_it_then_resume(terminals, env, model_dir, tmp_path):
-    t = terminals(["chat", "-m", str(model_dir), "-t", "0", "-n", "64", "-c", "4096"], env)
+def test_a_turn_as_a_person_sees_it_then_resume(terminals, env, harmony_model, tmp_path):
+    examples = json.loads((Path(harmony_model) / "harmony_examples.json").read_text())["examples"]
+    sum_example = next(e for e in examples if e["name"] == "sum")
+    question, answer = sum_example["messages"][0]["content"], sum_example["final"]
+
+    t = terminals(["chat", "-m", str(harmony_model), "-t", "0", "-n", "64", "-c", "4096"], env)
     t.wait_for_text(">>> ")
     assert "/help for commands" in t.screen()
 
-    t.type("What is 2+2?")
+    t.type(question)
     t.keys("Enter")
     screen = t.wait_for(lambda s: footer_line(s) is not None and last_line(s).startswith(">>>"))
-    lines = [line.rstrip() for line in screen.splitlines()]
-    assert ">>> What is 2+2?" in lines
-    footer = footer_line(screen)
-    assert "s to first token" in footer and "context " in footer and "/4,096" in footer
+    lines = [line.rstrip() for line in screen.splitlines() if line.strip()]
+    at = lines.index(f">>> {question}")
+    thought, shown, footer, prompt = lines[at + 1 : at + 5]
+    assert re.fullmatch(r"▸ thought for \d+\.\d s, \d+ tokens", thought)
+    assert shown == answer
+    assert re.fullmatch(
+        r"\d+\.\d\d s to first token · \d+\.\d tok/s · \d+ tokens · context \d+/4,096 \(\d+%\)",
+        footer,
+    )
+    assert prompt.startswith(">>>")
     record = _only_chat(tmp_path)
-    final = "".join(m["content"] for m in record["messages"] if m.get("channel") == "final")
-    if any(m.get("channel") == "analysis" for m in record["messages"]):
-        assert any(line.startswith("▸ thought for ") and line.endswith(" tokens") for line in lines)
-    first_answer_line = final.strip().splitlines()[0].strip()
-    if first_answer_line.isascii():
-        assert first_answer_line[:40] in screen
+    assert record["messages"][-1] == {"role": "assistant", "content": answer, "channel": "final"}
 
     # Tab completes a command; the command answers on one line.
     t.type("/effort hi")
@@ -158,9 +160,9 @@ def test_a_turn_as_a_person_sees_it_then_resume(terminals, env, model_dir, tmp_p
     r = terminals(["chat", "--resume", "--effort", "low"], env)
     r.wait_for(lambda s: last_line(s).startswith(">>>"))
     screen = r.screen()
-    assert f"· {model_dir.name} · effort low ·" in screen
+    assert f"· {harmony_model.name} · effort low ·" in screen
     assert f"resumed chat {chat_id} (1 turn)" in screen
-    assert ">>> What is 2+2?" in screen
+    assert f">>> {question}" in screen
     r.type("/model")
     r.keys("Enter")
     r.wait_for_text("temperature 0.0")

@@ -28,6 +28,10 @@ from gptoss_mlx.repl import (
     open_block,
 )
 
+from . import fixtures_harmony
+
+harmony_model = fixtures_harmony.harmony_model  # the tiny model that speaks harmony
+
 ENTER = "\r"
 CTRL_C = "\x03"
 ALT_ENTER = "\x1b\r"
@@ -54,17 +58,7 @@ def clean_env(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
-@pytest.fixture(scope="module")
-def model_dir(request) -> Path:
-    """The harmony-speaking tiny model when it is available, else the random-weight one."""
-    try:
-        return Path(request.getfixturevalue("harmony_model"))
-    except pytest.FixtureLookupError:
-        return Path(request.getfixturevalue("tiny_checkpoint"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_dir):
+def load(model_dir: Path):
     from gptoss_mlx.engine import open_session
     from gptoss_mlx.settings import resolve
 
@@ -74,9 +68,8 @@ def loaded(model_dir):
         return open_session(settings, interactive=False, path=model_dir)
 
 
-@pytest.fixture
-def new_session(loaded):
-    """A fresh conversation on the loaded model (loading once per module keeps the tests fast)."""
+def session_factory(loaded):
+    """Fresh conversations on a loaded model (loading once per module keeps the tests fast)."""
     from gptoss_mlx.generate import SamplerSettings
     from gptoss_mlx.session import ChatSession, SessionSettings
 
@@ -91,6 +84,28 @@ def new_session(loaded):
         return session
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tiny_loaded(tiny_checkpoint):
+    return load(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def harmony_loaded(harmony_model):
+    return load(harmony_model)
+
+
+@pytest.fixture
+def tiny(tiny_loaded):
+    """Random weights: gibberish, but every code path of a turn (and it never stops early)."""
+    return session_factory(tiny_loaded)
+
+
+@pytest.fixture
+def speaking(harmony_loaded):
+    """The tiny model trained to speak harmony: known reasoning and answers."""
+    return session_factory(harmony_loaded)
 
 
 @pytest.fixture(scope="module")
@@ -147,77 +162,135 @@ def footers(transcript: str) -> list[str]:
 # ---- a whole scripted session ------------------------------------------------------------
 
 
-def test_scripted_session(new_session, tmp_path, model_dir):
-    session = new_session()
-    saved = tmp_path / "saved.json"
-    keys = typed(
-        "What is 2+2?", "Tell me a joke.", "/effort high", "/undo", "/retry", f"/save {saved}"
-    )
-    repl, out = drive(session, keys, tmp_path)
+@pytest.fixture(scope="module")
+def examples(harmony_model) -> dict:
+    """What the harmony model was trained to answer, by example name (harmony_examples.json)."""
+    data = json.loads((Path(harmony_model) / "harmony_examples.json").read_text())
+    return {e["name"]: e for e in data["examples"]}
 
-    assert users(session) == ["What is 2+2?"]
-    assert [m.role for m in session.messages][-1] == "assistant"
-    assert len(footers(out)) == 3  # two turns and the retry
-    assert "reasoning effort: high" in out
-    assert "removed the last exchange ('Tell me a joke.'); 1 left" in out
+
+def single_turn(examples: dict, pick) -> tuple[str, str]:
+    """(question, answer) of a one-message example without tools chosen by `pick`."""
+    plain = [
+        e
+        for e in examples.values()
+        if len(e["messages"]) == 1 and e["final"] and not e["options"]["tools"]
+    ]
+    chosen = pick(plain)
+    return chosen["messages"][0]["content"], chosen["final"]
+
+
+def normalised(transcript: str) -> list[str]:
+    """The transcript with timings and counts replaced, so it can be compared exactly."""
+    out = []
+    for line in transcript.splitlines():
+        if re.fullmatch(r"\[thought for \d+\.\d s, \d+ tokens?\]", line):
+            line = "[thought]"
+        elif " tokens · context " in line:
+            line = re.sub(r"[\d.]+ s to first token · |[\d.]+ tok/s · ", "", line)
+            line = re.sub(r"\d[\d,]*", "N", line)
+        out.append(line)
+    return out
+
+
+def test_scripted_session(speaking, examples, tmp_path, harmony_model):
+    first = examples["sum"]
+    question, answer = first["messages"][0]["content"], first["final"]
+    then = examples["second_turn"]  # a follow-up to the first exchange
+    assert [m["content"] for m in then["messages"][:3:2]] == [question, answer]
+    follow_up, second_answer = then["messages"][-1]["content"], then["final"]
+
+    session = speaking(max_tokens=64)
+    saved = tmp_path / "saved.json"
+    keys = typed(question, follow_up, "/effort high", "/undo", "/retry", f"/save {saved}")
+    repl, out = drive(session, keys, tmp_path)
+    footer = "N tokens · context N/N (N%)"
+    assert normalised(out) == [
+        f"gptoss chat · {harmony_model} · effort medium · context 4,096 tokens · "
+        "/help for commands, Ctrl-D to exit",
+        "[thought]",
+        answer,
+        footer,
+        "[thought]",
+        second_answer,
+        footer,
+        "reasoning effort: high (from the next reply)",
+        f"removed the last exchange ({follow_up!r}); 1 left",
+        "[thought]",
+        answer,
+        footer,
+        f"saved 3 messages to {saved}",
+        f"chat saved: resume with gptoss chat --resume {repl.saver.id}",
+    ]
+    assert [(m.role, m.channel) for m in session.messages] == [
+        ("user", None),
+        ("assistant", "analysis"),
+        ("assistant", "final"),
+    ]
+    assert session.messages[-1].content == answer
     # The retried reply was written from a prompt that asks for high effort.
     assert "Reasoning: high" in session.tokenizer.decode(session.cached_tokens)
     assert "Reasoning: high" in decoded_prompt(session)
-    assert f"saved {len(session.messages)} messages to {saved}" in out
 
     record = json.loads(saved.read_text())
     assert record["format"] == "gptoss-chat" and record["version"] == 1
     assert record["settings"]["effort"] == "high"
     assert record["messages"] == [m.to_dict() for m in session.messages]
     # The autosave holds the same conversation under the REPL's chat id.
-    autosaved = chatstore.read(tmp_path / "chats" / f"{repl.saver.id}.json")
-    assert autosaved["messages"] == record["messages"]
-    assert f"chat saved: resume with gptoss chat --resume {repl.saver.id}" in out
+    assert chatstore.read(repl.saver.path)["messages"] == record["messages"]
 
-    fresh = new_session()
-    repl2, out2 = drive(fresh, f"/load {saved}" + ENTER, tmp_path)
-    assert fresh.messages == session.messages
+    fresh = speaking(max_tokens=64)
+    repl2, out2 = drive(fresh, typed(f"/load {saved}", follow_up), tmp_path)
+    assert fresh.messages[:3] == session.messages
     assert fresh.settings.effort == "high"
-    assert f"loaded {len(session.messages)} messages" in out2
-    assert ">>> What is 2+2?" in out2  # the recap
     assert repl2.saver.id == repl.saver.id  # a loaded chat goes on under its own id
+    assert normalised(out2)[1:7] == [
+        f"loaded 3 messages from {saved}",
+        f">>> {question}",  # the recap of the last exchange
+        answer,
+        "[thought]",
+        second_answer,
+        footer,
+    ]
 
-    if model_dir.name != "ckpt" and "harmony" in str(model_dir):
-        final = [m for m in session.messages if m.channel == "final"]
-        assert final and final[-1].content == "2 + 2 = 4."
 
+def test_ctrl_c_during_a_reply_keeps_what_was_written(speaking, examples, tmp_path):
+    question, expected = single_turn(examples, lambda es: max(es, key=lambda e: len(e["final"])))
+    session = speaking(max_tokens=400)
+    shown = []
 
-def test_ctrl_c_during_a_reply_keeps_what_was_written(new_session, tmp_path):
-    session = new_session(max_tokens=200)
-    seen = []
-
-    def press_ctrl_c_at_the_third_token(ev):
-        if isinstance(ev, harmony.ReasoningDelta | harmony.FinalDelta):
-            seen.append(ev)
-            if len(seen) == 3:
+    def press_ctrl_c_at_the_sixth_answer_token(ev):
+        if isinstance(ev, harmony.FinalDelta):
+            shown.append(ev.text)
+            if len(shown) == 6:
                 raise KeyboardInterrupt
 
     repl, out = drive(
         session,
-        typed("Write a long story.", "/context"),
+        typed(question, "/context"),
         tmp_path,
-        on_event=press_ctrl_c_at_the_third_token,
+        on_event=press_ctrl_c_at_the_sixth_answer_token,
     )
-    assert len(seen) == 3
-    assert users(session) == ["Write a long story."]
+    written = "".join(shown)
+    assert expected.startswith(written) and len(written) < len(expected)
+    assert users(session) == [question]
     reply = session.messages[-1]
-    assert reply.role == "assistant" and reply.interrupted
-    # What was shown is kept (the parser may add bytes it held back at a cut character).
-    assert reply.content.startswith("".join(ev.text for ev in seen))
-    assert any(line.startswith("interrupted ·") for line in out.splitlines())
+    assert (reply.role, reply.channel, reply.content) == ("assistant", "final", written)
+    assert reply.interrupted
+    lines = normalised(out)
+    assert lines[1:4] == ["[thought]", written, "interrupted · N tokens · context N/N (N%)"]
     assert "next prompt" in out  # the REPL went on to the next command
     record = chatstore.read(repl.saver.path)
-    assert record["messages"][-1]["interrupted"] is True
-    assert record["messages"][-1]["content"] == reply.content
+    assert record["messages"][-1] == {
+        "role": "assistant",
+        "content": written,
+        "channel": "final",
+        "interrupted": True,
+    }
 
 
-def test_full_context_refuses_the_turn_and_keeps_the_chat(new_session, tmp_path):
-    session = new_session(context=200, max_tokens=8)
+def test_full_context_refuses_the_turn_and_keeps_the_chat(tiny, tmp_path):
+    session = tiny(context=200, max_tokens=8)
     long_message = "word " * 300
     repl, out = drive(session, typed("hi", long_message, "/context"), tmp_path)
     assert users(session) == ["hi"]
@@ -228,17 +301,27 @@ def test_full_context_refuses_the_turn_and_keeps_the_chat(new_session, tmp_path)
     assert chatstore.read(repl.saver.path)["messages"] == [m.to_dict() for m in session.messages]
 
 
-def test_nearly_full_context_is_flagged_in_the_footer(new_session, tmp_path):
-    probe = new_session()
+def test_retry_that_does_not_fit_keeps_the_answer(tiny, tmp_path):
+    session = tiny(max_tokens=4)
+    drive(session, typed("hi"), tmp_path)
+    before = list(session.messages)
+    session.settings.context = 20  # now even the question alone does not fit
+    _, out = drive(session, typed("/retry"), tmp_path)
+    assert "error: context full" in out
+    assert session.messages == before
+
+
+def test_nearly_full_context_is_flagged_in_the_footer(tiny, tmp_path):
+    probe = tiny()
     probe.messages.append(harmony.Message("user", "hi"))
     prompt = len(probe.prompt_tokens())
-    session = new_session(context=prompt + 9, max_tokens=8)
+    session = tiny(context=prompt + 9, max_tokens=8)
     _, out = drive(session, "hi" + ENTER, tmp_path)
     assert "full: /undo or /reset to make room" in out
 
 
-def test_multi_line_input(new_session, tmp_path):
-    session = new_session(max_tokens=2)
+def test_multi_line_input(tiny, tmp_path):
+    session = tiny(max_tokens=1)
     keys = typed(
         '"""',
         "line one",
@@ -257,15 +340,18 @@ def test_multi_line_input(new_session, tmp_path):
     ]
 
 
-def test_rich_terminal_output(new_session, tmp_path, model_dir):
-    """The Live path (a terminal console): the answer and the footer end up on screen."""
-    session = new_session(max_tokens=24)
-    _, out = drive(session, "What is 2+2?" + ENTER, tmp_path, terminal=True)
-    final = "".join(m.content for m in session.messages if m.channel == "final")
-    assert final.split()[0] in out
+def test_markdown_answer_in_a_terminal(speaking, examples, tmp_path):
+    """The Live path: the answer is rendered as Markdown (a highlighted code block, no fences)."""
+    question, answer = single_turn(examples, lambda es: next(e for e in es if "```" in e["final"]))
+    session = speaking(max_tokens=64)
+    _, out = drive(session, typed(question), tmp_path, terminal=True)
+    assert session.messages[-1].content == answer
+    assert "▸ thought for" in out
+    prose, code = answer.split("```")[0].strip(), answer.split("```")[1].split("\n")[1:]
+    assert prose in out
+    assert all(line.strip() in out for line in code if line.strip())
+    assert "```" not in out
     assert " tokens · context " in out
-    if any(m.channel == "analysis" for m in session.messages):
-        assert "thought for" in out
 
 
 # ---- commands and keys that need no model --------------------------------------------------
