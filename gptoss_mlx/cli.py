@@ -22,25 +22,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-# Options shared by `run` and `chat` live in cli_options (one definition); re-exported here.
-from .cli_options import (  # noqa: E402,F401
-    ContextOpt,
-    DtypeOpt,
-    EffortOpt,
-    ForceOpt,
-    InstructionsOpt,
-    MaxTokensOpt,
-    MinPOpt,
-    ModelOpt,
-    SeedOpt,
-    TemperatureOpt,
-    TopKOpt,
-    TopPOpt,
-    YesOpt,
-    settings_from,
-)
-
-
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"gptoss {__version__}")
