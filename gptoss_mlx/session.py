@@ -137,7 +137,7 @@ class ChatSession:
             common += 1
         if common == len(self.cached_tokens) and common < len(prompt):
             return common, None
-        usable = [s for s in self._snapshots if s.offset <= common]
+        usable = [s for s in self._snapshots if s.offset <= common and (s.offset < len(prompt) or s.logits is not None)]
         best = max(usable, key=lambda s: s.offset, default=None)
         if best is None:
             self.cache = self.model.make_cache()
@@ -216,6 +216,10 @@ class ChatSession:
         finished = False
         try:
             for tok in tokens:
+                if tok == harmony.END:
+                    # A message boundary inside the reply (e.g. analysis before a tool call): the
+                    # next prompt re-renders what follows it, so a snapshot here saves a re-prefill.
+                    self._snapshot(None)
                 yield from parser.feed(tok)
             tail = parser.finish()
             finished = True

@@ -90,14 +90,24 @@ def test_tool_turn_keeps_its_analysis_until_the_final_then_drops_it(harmony_mode
     assert "It is 21 °C and sunny in Paris." in text3
 
 
+def expected(model_dir, name: str) -> tuple[str, str]:
+    """The second user message and final answer the model was trained on for example `name`."""
+    examples = json.loads((model_dir / "harmony_examples.json").read_text())["examples"]
+    ex = next(e for e in examples if e["name"] == name)
+    final = [m for m in ex["reply"] if m.get("channel") == "final"][-1]["content"]
+    return ex["messages"][-1]["content"], final
+
+
 def test_second_turn_drops_the_first_turns_reasoning_and_answers(harmony_model):
     s = open_session(resolve({"temperature": 0}), interactive=False, path=harmony_model)
+    s.settings.date = "2025-06-28"
     r1 = s.turn("What is 2+2?")
     assert (r1.final, r1.finish_reason) == ("2 + 2 = 4.", "stop")
     stored = [m for m in s.messages if m.role == "assistant"]
     assert [m.channel for m in stored] == ["analysis", "final"]
-    r2 = s.turn("Now multiply that by 3.")
-    assert r2.final == "4 × 3 = 12."
+    question, answer = expected(harmony_model, "second_turn")
+    r2 = s.turn(question)
+    assert r2.final == answer
     prompt = s.tokenizer.decode(s.prompt_tokens(s.messages[:-2]))
     assert "2+2=4" not in prompt  # turn 1's analysis is gone
     assert "<|channel|>final<|message|>2 + 2 = 4.<|end|>" in prompt  # stored ending in <|end|>
