@@ -37,11 +37,15 @@ class BlasStatus:
 
 
 _status: BlasStatus | None = None
+_lib: ctypes.CDLL | None = None
+_threads: int | None = None
 
 
 def _triplet() -> str:
     machine = platform.machine()
-    return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}.get(machine, f"{machine}-linux-gnu")
+    return {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}.get(
+        machine, f"{machine}-linux-gnu"
+    )
 
 
 def candidates() -> list[str]:
@@ -84,19 +88,26 @@ def preload() -> BlasStatus:
     if setting.lower() in ("0", "off", "no", "false", "none"):
         _status = BlasStatus(False, None, "disabled by GPTOSS_BLAS=off")
     elif not sys.platform.startswith("linux"):
-        _status = BlasStatus(False, None, "not Linux: MLX uses the platform BLAS (Accelerate on macOS)")
+        _status = BlasStatus(
+            False, None, "not Linux: MLX uses the platform BLAS (Accelerate on macOS)"
+        )
     elif "mlx.core" in sys.modules:
-        _status = BlasStatus(False, None, "mlx was imported before gptoss_mlx; MLX keeps its reference BLAS")
+        _status = BlasStatus(
+            False, None, "mlx was imported before gptoss_mlx; MLX keeps its reference BLAS"
+        )
     else:
         paths = [setting] if setting else candidates()
         if not paths:
-            _status = BlasStatus(False, None, "no OpenBLAS found (apt-get install libopenblas0-pthread)")
+            _status = BlasStatus(
+                False, None, "no OpenBLAS found (apt-get install libopenblas0-pthread)"
+            )
         else:
             reasons = []
             for path in paths:
                 lib, why = _open(path)
                 if lib is not None:
-                    _status = BlasStatus(True, path, why)
+                    global _lib
+                    _lib, _status = lib, BlasStatus(True, path, why)
                     break
                 reasons.append(why)
             else:
@@ -105,4 +116,19 @@ def preload() -> BlasStatus:
 
 
 def status() -> BlasStatus:
-    return _status or BlasStatus(False, None, "not loaded: gptoss_mlx.device.prepare_backend() was not called")
+    return _status or BlasStatus(
+        False, None, "not loaded: gptoss_mlx.device.prepare_backend() was not called"
+    )
+
+
+def set_threads(n: int | None) -> None:
+    """Threads of the loaded OpenBLAS (None: as many as cores). Decode sets 1: MLX's attention
+    then makes hundreds of tiny sgemm calls a token, and waking OpenBLAS's threads for each one
+    costs more than the matmuls (measured 5x on the CI machine)."""
+    global _threads
+    if _lib is None or n == _threads:
+        return
+    fn = getattr(_lib, "openblas_set_num_threads", None)
+    if fn is not None:
+        fn(ctypes.c_int(n or os.cpu_count() or 1))
+        _threads = n

@@ -5,6 +5,8 @@
  * first, one E8M0 scale per 32 values: MLX's "mxfp4" layout).
  *
  * Every function has a portable C path; the AVX-512 paths are used where the compiler targets it.
+ * Row loops are scheduled dynamically: on a shared machine a preempted thread would otherwise
+ * hold up the whole loop until it runs again.
  */
 #include <math.h>
 #include <stdint.h>
@@ -123,7 +125,7 @@ void gptoss_linear(const void *W, int wdtype, int64_t N, int64_t K, const float 
         float *Yb = Y + m0 * N;
         if (mb == 1) {
             int64_t N4 = N / 4 * 4;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 16)
             for (int64_t n = 0; n < N4; n += 4) {
                 float out[4];
                 dot4_rows(W, wdtype, n, K, Xb, out);
@@ -135,7 +137,7 @@ void gptoss_linear(const void *W, int wdtype, int64_t N, int64_t K, const float 
                 Yb[n] = out + (bias ? load_scalar(bias, bdtype, n) : 0.0f);
             }
         } else {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
             for (int64_t n = 0; n < N; n++) {
                 float out[MAX_M];
                 dot_row_m(W, wdtype, n, K, Xb, mb, out);
@@ -147,7 +149,7 @@ void gptoss_linear(const void *W, int wdtype, int64_t N, int64_t K, const float 
 }
 
 void gptoss_bf16_to_f32(const uint16_t *src, int64_t n, float *dst) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 4)
     for (int64_t i = 0; i < n; i += 4096) {
         int64_t end = i + 4096 < n ? i + 4096 : n;
         for (int64_t j = i; j < end; j++) dst[j] = bf16_to_float(src[j]);
@@ -248,7 +250,7 @@ static void expert_tokens(QMat g, QMat u, QMat d, int bdtype, int64_t e, int64_t
                           const float *xs, int64_t T, float alpha, float limit, float *gu,
                           float *hs, float *D) {
     const int64_t gstride = I * H / 2, gsc = I * H / GROUP, dstride = H * I / 2, dsc = H * I / GROUP;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 64)
     for (int64_t r = 0; r < 2 * I; r++) {
         QMat m = r < I ? g : u;
         int64_t row = r < I ? r : r - I;
@@ -266,7 +268,7 @@ static void expert_tokens(QMat g, QMat u, QMat d, int bdtype, int64_t e, int64_t
             deinterleave(h, GROUP, hs + t * I + c);
         }
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 32)
     for (int64_t r = 0; r < H; r++) {
         float out[MAX_M];
         q4_dot(d.w + e * dstride + r * (I / 2), d.s + e * dsc + r * (I / GROUP), I, hs, T, out);
@@ -309,7 +311,7 @@ void gptoss_moe_mxfp4(const float *X, int64_t M, int64_t H, int64_t I, const int
         deinterleave(X + m * H, H, xs);
 #pragma omp parallel
         {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 64)
             for (int64_t r = 0; r < k * 2 * I; r++) {
                 int64_t j = r / (2 * I), q = r % (2 * I), e = ex[j];
                 const uint8_t *w = q < I ? wg : wu, *s = q < I ? sg : su;
@@ -328,7 +330,7 @@ void gptoss_moe_mxfp4(const float *X, int64_t M, int64_t H, int64_t I, const int
                     deinterleave(h, GROUP, hs + j * I + c);
                 }
             }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 32)
             for (int64_t r = 0; r < H; r++) {
                 float acc = 0.0f;
                 for (int64_t j = 0; j < k; j++) {
@@ -347,7 +349,7 @@ void gptoss_moe_mxfp4(const float *X, int64_t M, int64_t H, int64_t I, const int
 /* Dense float32 copy of rows [rows, K] of an MXFP4 matrix (for BLAS in prefill). */
 void gptoss_dequant_mxfp4(const uint8_t *w, const uint8_t *s, int64_t rows, int64_t K, float *out) {
     const int64_t G = K / GROUP;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 64)
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *wr = w + r * (K / 2), *sr = s + r * G;
         float *o = out + r * K;
@@ -375,13 +377,155 @@ void gptoss_dequant_mxfp4(const uint8_t *w, const uint8_t *s, int64_t rows, int6
     }
 }
 
-/* Prefill: GU [n, 2I] (gate columns then up columns, before biases) -> H [n, I]. */
-void gptoss_swiglu_bias(const float *GU, int64_t n, int64_t I, const void *bg, const void *bu,
-                        int64_t e, int bdtype, float alpha, float limit, float *H) {
+/* Prefill, token-minor layout (BLAS is faster with the weight rows as the long dimension):
+ * GU [2I, n] (gate rows then up rows, before biases) -> H [I, n]. */
+void gptoss_swiglu_bias_t(const float *GU, int64_t n, int64_t I, const void *bg, const void *bu,
+                          int64_t e, int bdtype, float alpha, float limit, float *H) {
+#pragma omp parallel for schedule(dynamic, 64)
+    for (int64_t c = 0; c < I; c++) {
+        float b_g = load_scalar(bg, bdtype, e * I + c), b_u = load_scalar(bu, bdtype, e * I + c);
+        for (int64_t t = 0; t < n; t++)
+            H[c * n + t] = swiglu(GU[c * n + t] + b_g, GU[(I + c) * n + t] + b_u, alpha, limit);
+    }
+}
+
+/* ---- attention with sinks ------------------------------------------------------------------ */
+
+#ifdef USE_AVX512
+/* exp(x) for x <= 88: range reduction to r in [-ln2/2, ln2/2], degree-7 Taylor (rel. error
+ * < 1e-8 there), scaled by 2^n with vscalefps. Inputs below -87 give ~0, as softmax wants. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+#endif
+
+#define ATT_G 4  /* query heads of one KV head processed together (they see the same keys) */
+#define ATT_BK 16
+
+/* Causal attention with learned sinks and grouped KV heads, for one batch row:
+ * O[i, h, :] = sum_j softmax_j(scale q_h,i . k_j | sink_h) v_j over the keys query i sees:
+ * key j (absolute position k_start + j) is visible from query i (position q_start + i) if
+ * k_pos <= q_pos and, with a window, q_pos - k_pos < window. The sink joins the softmax
+ * denominator only. Q [H, L, D]; K, V [KV, S, D] rows contiguous, head stride kv_stride. */
+void gptoss_attention(const float *Q, const float *K, const float *V, int64_t kv_stride,
+                      const float *sinks, int64_t H, int64_t KV, int64_t L, int64_t S, int64_t D,
+                      int64_t q_start, int64_t k_start, int64_t window, float scale, float *O) {
+    const int64_t rep = H / KV;
+    const int64_t groups = (rep + ATT_G - 1) / ATT_G;
+    /* With many queries, K transposed per KV head ([D, S]) makes scores for 16 keys 16-wide
+     * FMAs; a few queries (decode) read K rows directly instead of copying all of it. */
+    const int transposed = L >= 16;
+    float *KT = transposed ? malloc(sizeof(float) * KV * D * S) : NULL;
+    if (transposed) {
 #pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < n; t++)
-        for (int64_t c = 0; c < I; c++)
-            H[t * I + c] = swiglu(GU[t * 2 * I + c] + load_scalar(bg, bdtype, e * I + c),
-                                  GU[t * 2 * I + I + c] + load_scalar(bu, bdtype, e * I + c),
-                                  alpha, limit);
+        for (int64_t kh = 0; kh < KV; kh++)
+            for (int64_t j = 0; j < S; j++)
+                for (int64_t d = 0; d < D; d++) KT[(kh * D + d) * S + j] = K[kh * kv_stride + j * D + d];
+    }
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t task = 0; task < KV * L * groups; task++) {
+        const int64_t kh = task / (L * groups), i = (task / groups) % L, g0 = (task % groups) * ATT_G;
+        const int64_t G = rep - g0 < ATT_G ? rep - g0 : ATT_G;
+        const int64_t qpos = q_start + i;
+        int64_t hi = qpos - k_start, lo = 0;
+        if (hi > S - 1) hi = S - 1;
+        if (window > 0 && qpos - window + 1 - k_start > 0) lo = qpos - window + 1 - k_start;
+        const float *kt = transposed ? KT + kh * D * S : NULL;
+        const float *kr = K + kh * kv_stride;
+        const float *v = V + kh * kv_stride;
+        float q[ATT_G][256], m[ATT_G], l[ATT_G], acc[ATT_G][256];
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t h = kh * rep + g0 + g;
+            for (int64_t d = 0; d < D; d++) q[g][d] = Q[(h * L + i) * D + d] * scale;
+            m[g] = sinks[h];
+            l[g] = 1.0f; /* exp(sink - m) with m = sink */
+            for (int64_t d = 0; d < D; d++) acc[g][d] = 0.0f;
+        }
+        for (int64_t j0 = lo; j0 <= hi; j0 += ATT_BK) {
+            const int64_t n = hi - j0 + 1 < ATT_BK ? hi - j0 + 1 : ATT_BK;
+            float p[ATT_G][ATT_BK];
+            for (int64_t g = 0; g < G; g++) {
+#ifdef USE_AVX512
+                const __mmask16 mask = (__mmask16)((1u << n) - 1u);
+                __m512 s;
+                if (kt) {
+                    __m512 s0 = _mm512_setzero_ps(), s1 = s0;
+                    int64_t d = 0;
+                    for (; d + 2 <= D; d += 2) {
+                        s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[g][d]), _mm512_maskz_loadu_ps(mask, kt + d * S + j0), s0);
+                        s1 = _mm512_fmadd_ps(_mm512_set1_ps(q[g][d + 1]), _mm512_maskz_loadu_ps(mask, kt + (d + 1) * S + j0), s1);
+                    }
+                    for (; d < D; d++)
+                        s0 = _mm512_fmadd_ps(_mm512_set1_ps(q[g][d]), _mm512_maskz_loadu_ps(mask, kt + d * S + j0), s0);
+                    s = _mm512_add_ps(s0, s1);
+                } else {
+                    float st[ATT_BK] = {0};
+                    for (int64_t t = 0; t < n; t++) {
+                        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                        for (int64_t d = 0; d < D; d++) dot += q[g][d] * kr[(j0 + t) * D + d];
+                        st[t] = dot;
+                    }
+                    s = _mm512_loadu_ps(st);
+                }
+                float bm = _mm512_mask_reduce_max_ps(mask, s);
+                if (bm > m[g]) {
+                    float c = expf(m[g] - bm);
+                    l[g] *= c;
+                    for (int64_t dd = 0; dd < D; dd++) acc[g][dd] *= c;
+                    m[g] = bm;
+                }
+                __m512 e = _mm512_maskz_mov_ps(mask, exp512(_mm512_sub_ps(s, _mm512_set1_ps(m[g]))));
+                l[g] += _mm512_reduce_add_ps(e);
+                _mm512_storeu_ps(p[g], e);
+#else
+                float s[ATT_BK], bm = -INFINITY;
+                for (int64_t t = 0; t < n; t++) {
+                    float dot = 0.0f;
+                    for (int64_t d = 0; d < D; d++)
+                        dot += q[g][d] * (kt ? kt[d * S + j0 + t] : kr[(j0 + t) * D + d]);
+                    s[t] = dot;
+                    if (dot > bm) bm = dot;
+                }
+                if (bm > m[g]) {
+                    float c = expf(m[g] - bm);
+                    l[g] *= c;
+                    for (int64_t dd = 0; dd < D; dd++) acc[g][dd] *= c;
+                    m[g] = bm;
+                }
+                for (int64_t t = 0; t < n; t++) {
+                    p[g][t] = expf(s[t] - m[g]);
+                    l[g] += p[g][t];
+                }
+#endif
+            }
+            for (int64_t t = 0; t < n; t++) {
+                const float *vr = v + (j0 + t) * D;
+                for (int64_t g = 0; g < G; g++) {
+                    const float pt = p[g][t];
+#pragma omp simd
+                    for (int64_t d = 0; d < D; d++) acc[g][d] += pt * vr[d];
+                }
+            }
+        }
+        for (int64_t g = 0; g < G; g++) {
+            const int64_t h = kh * rep + g0 + g;
+            const float inv = 1.0f / l[g];
+            for (int64_t d = 0; d < D; d++) O[(i * H + h) * D + d] = acc[g][d] * inv;
+        }
+    }
+    if (KT) free(KT);
 }

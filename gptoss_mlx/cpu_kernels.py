@@ -44,7 +44,11 @@ SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
         [_p, _i64, _i64, _i64, _p, _p, _i64, _p, _p, _p, _p, _p, _p, _p, _p, _p, _i, _f, _f, _p],
     ),
     "gptoss_dequant_mxfp4": (None, [_p, _p, _i64, _i64, _p]),
-    "gptoss_swiglu_bias": (None, [_p, _i64, _i64, _p, _p, _i64, _i, _f, _f, _p]),
+    "gptoss_swiglu_bias_t": (None, [_p, _i64, _i64, _p, _p, _i64, _i, _f, _f, _p]),
+    "gptoss_attention": (
+        None,
+        [_p, _p, _p, _i64, _p, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _f, _p],
+    ),
 }
 
 
@@ -68,7 +72,9 @@ def _cpu_id() -> str:
     """Model and flags of this CPU: a -march=native build must not be reused on another one."""
     try:
         text = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        lines = [
+            ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))
+        ]
         return "\n".join(sorted(set(lines)))
     except OSError:
         return platform.processor() + platform.machine()
@@ -114,6 +120,9 @@ def _load() -> tuple[ctypes.CDLL | None, KernelStatus]:
     cc = _compiler()
     if cc is None:
         return None, KernelStatus(False, "no C compiler found (install gcc, or set CC)")
+    # Idle OpenMP workers sleep instead of spinning: on a shared or busy machine spinning
+    # threads steal the cores the next kernel needs (4x slower gemv measured on the CI machine).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         path = _build(cc)
         lib = ctypes.CDLL(str(path))

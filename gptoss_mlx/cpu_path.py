@@ -15,18 +15,20 @@ in MLX. These calls evaluate their inputs, so a forward pass through them runs e
 from __future__ import annotations
 
 import ctypes
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
+from . import blas
 from . import cpu_kernels as ck
 
-# Up to this many rows the C kernels (weights read once per 8 rows) beat BLAS; measured on the
-# CI machine with scripts/bench.py --micro.
+# Up to this many rows the C kernels (which read the weights once per 8 rows) beat BLAS.
 GEMV_MAX_ROWS = 8
-# An expert hit by fewer tokens runs on the MXFP4 weights directly; from this many on it is
-# dequantized once and run through BLAS (see bench --micro: dequant ~ 6 token-passes).
-DEQUANT_MIN_TOKENS = 8
+# An expert hit by fewer tokens runs on its MXFP4 weights directly (cost grows with the tokens);
+# from this many on it is dequantized once and run through BLAS (fixed cost, then cheap per
+# token). Crossover measured at 24-32 tokens on the CI machine (scripts/bench.py --micro).
+DEQUANT_MIN_TOKENS = 32
 # bfloat16 weights go through BLAS in float32 slabs of this many rows (bounded scratch memory).
 SLAB_ROWS = 8192
 
@@ -74,6 +76,10 @@ class CpuFastPath:
         self.views = _Views()
         self._scratch: dict[str, np.ndarray] = {}
 
+    def begin(self, tokens: int) -> None:
+        """Called before each forward pass of `tokens` positions."""
+        blas.set_threads(1 if tokens <= GEMV_MAX_ROWS else None)
+
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         buf = self._scratch.get(name)
         if buf is None or buf.size < int(np.prod(shape)):
@@ -117,15 +123,59 @@ class CpuFastPath:
             y += _row_f32(bias)
         return y
 
+    # -- attention -------------------------------------------------------------------------
+
+    def attention(
+        self,
+        q: mx.array,
+        k: mx.array,
+        v: mx.array,
+        sinks: mx.array,
+        scale: float,
+        q_start: int,
+        window: int,
+    ) -> mx.array:
+        """Causal attention with sinks (and a sliding window if window > 0) -> [B, L, H * D].
+
+        q [B, H, L, D] at positions q_start..; k, v [B, KV, S, D] hold the keys of positions
+        q_start + L - S .. q_start + L - 1 (what the caches return)."""
+        B, H, L, D = q.shape
+        KV, S = k.shape[1], k.shape[2]
+        qn = _contiguous_f32(q)
+        kn, vn = (self._kv_rows(a) for a in (k, v))
+        sn = np.ascontiguousarray(as_numpy(sinks.astype(mx.float32)))
+        out = np.empty((B, L, H, D), dtype=np.float32)
+        k_start = q_start + L - S
+        for b in range(B):
+            self.lib.gptoss_attention(
+                ck.ptr(qn[b]), ck.ptr(kn[b]), ck.ptr(vn[b]), kn.strides[1] // 4, ck.ptr(sn),
+                H, KV, L, S, D, q_start, k_start, window, scale, ck.ptr(out[b]),
+            )  # fmt: skip
+        return mx.array(out).reshape(B, L, H * D)
+
+    @staticmethod
+    def _kv_rows(a: mx.array) -> np.ndarray:
+        """A cache slice as numpy without copying when each head's [S, D] rows are contiguous."""
+        n = as_numpy(a if a.dtype == mx.float32 else a.astype(mx.float32))
+        if n.strides[3] != 4 or n.strides[2] != 4 * n.shape[3]:
+            n = np.ascontiguousarray(n)
+        return n
+
     # -- experts ---------------------------------------------------------------------------
 
     @staticmethod
     def supports_experts(experts: nn.Module) -> bool:
         projs = (experts.gate_proj, experts.up_proj, experts.down_proj)
-        return all(
-            p.mode == "mxfp4" and p.bits == 4 and p.group_size == 32 and p.bias.dtype in (mx.float32, mx.bfloat16)
-            for p in projs
-        ) and len({p.bias.dtype for p in projs}) == 1
+        return (
+            all(
+                p.mode == "mxfp4"
+                and p.bits == 4
+                and p.group_size == 32
+                and p.bias.dtype in (mx.float32, mx.bfloat16)
+                for p in projs
+            )
+            and len({p.bias.dtype for p in projs}) == 1
+        )
 
     def _expert_views(self, experts: nn.Module) -> list[np.ndarray]:
         out = []
@@ -175,17 +225,17 @@ class CpuFastPath:
                     p(wg), p(sg), p(bg), p(wu), p(su), p(bu), p(wd), p(sd), p(bd), bcode, alpha, limit, p(d),
                 )  # fmt: skip
             else:
+                # Weight rows as BLAS's long dimension (W @ X.T) runs ~2x faster than X @ W.T.
                 wgu = self._buffer("gate_up", (2 * inter, h))
                 ck.dequant_mxfp4(self.lib, wg[e], sg[e], wgu[:inter])
                 ck.dequant_mxfp4(self.lib, wu[e], su[e], wgu[inter:])
-                gu = xe @ wgu.T
-                hid = np.empty((len(tok), inter), dtype=np.float32)
-                self.lib.gptoss_swiglu_bias(
-                    p(gu), len(tok), inter, p(bg), p(bu), e, bcode, alpha, limit, p(hid)
+                gu_t = wgu @ xe.T
+                hid_t = np.empty((inter, len(tok)), dtype=np.float32)
+                self.lib.gptoss_swiglu_bias_t(
+                    p(gu_t), len(tok), inter, p(bg), p(bu), e, bcode, alpha, limit, p(hid_t)
                 )
                 wdn = ck.dequant_mxfp4(self.lib, wd[e], sd[e], self._buffer("down", (h, inter)))
-                d = hid @ wdn.T
+                d = (wdn @ hid_t).T
                 d += _row_f32(bd[e])
             y[tok] += gates_n.reshape(-1)[seg][:, None] * d
         return mx.array(y).reshape(shape)
-

@@ -54,7 +54,9 @@ def device_info() -> DeviceInfo:
     except Exception:
         metal = False
     if metal and mx.default_device() == mx.gpu:
-        return DeviceInfo("gpu", True, "bfloat16", "Metal GPU: bf16 activations with MLX's fused kernels")
+        return DeviceInfo(
+            "gpu", True, "bfloat16", "Metal GPU: bf16 activations with MLX's fused kernels"
+        )
     return DeviceInfo(
         "cpu",
         False,
@@ -87,7 +89,27 @@ def cpu_fast_path(dtype: Any) -> tuple[Any, str]:
         return None, f"plain MLX: {cpu_kernels.status().reason}"
     from .cpu_path import CpuFastPath
 
-    return CpuFastPath(lib), "CPU fast path: C kernels for decode, BLAS (experts dequantized per chunk) for prefill"
+    return CpuFastPath(
+        lib
+    ), "CPU fast path: C kernels for decode, BLAS (experts dequantized per chunk) for prefill"
+
+
+def stored_dtype_params(model: Any, dtype: Any) -> set[str]:
+    """Parameters the loader should keep as stored (bf16) instead of casting to `dtype`.
+
+    On the CPU fast path the dense matmul weights (attention projections, lm_head) are read by
+    our kernels as stored, in float32 arithmetic: the same numbers at half the bytes per token
+    and half the memory. Anywhere else: none (MLX's own matmuls want one dtype).
+    """
+    fast, _ = cpu_fast_path(dtype)
+    if fast is None:
+        return set()
+    dense = ("q_proj", "k_proj", "v_proj", "o_proj", "lm_head")
+    return {
+        f"{name}.weight"
+        for name, module in model.named_modules()
+        if name.endswith(dense) and fast.supports_linear(module)
+    }
 
 
 def backend_report() -> dict[str, str]:
@@ -101,11 +123,15 @@ def backend_report() -> dict[str, str]:
         report["experts"] = "mx.gather_qmm (fused MXFP4 kernels)"
         return report
     b = blas.status()
-    report["blas"] = f"{b.path} ({b.reason})" if b.loaded else f"MLX's bundled reference BLAS: {b.reason}"
+    report["blas"] = (
+        f"{b.path} ({b.reason})" if b.loaded else f"MLX's bundled reference BLAS: {b.reason}"
+    )
     k = cpu_kernels.status()
     if k.available:
         report["kernels"] = f"{k.simd}, {k.threads} threads, {k.path}"
-        report["decode"] = "C kernels: dense gemv on stored bf16/f32 weights, MXFP4 experts read directly"
+        report["decode"] = (
+            "C kernels: dense gemv on stored bf16/f32 weights, MXFP4 experts read directly"
+        )
         report["prefill"] = "numpy BLAS float32; experts dequantized once per chunk"
     else:
         report["kernels"] = f"unavailable: {k.reason}"

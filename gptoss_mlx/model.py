@@ -92,6 +92,7 @@ class Attention(nn.Module):
         self.rope = YarnRoPE(cfg)
 
     _fast: CpuFastPath | None = None
+    window = 0  # sliding window of this layer (0: full attention); set by Model
 
     def _proj(self, linear: nn.Module, x: mx.array) -> mx.array:
         return self._fast.linear(linear, x) if self._fast is not None else linear(x)
@@ -106,6 +107,9 @@ class Attention(nn.Module):
         k = self.rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
+        if self._fast is not None and self.head_dim <= 256:
+            out = self._fast.attention(q, k, v, self.sinks, self.scale, offset, self.window)
+            return self._proj(self.o_proj, out)
         out = mx.fast.scaled_dot_product_attention(
             q, k, v, scale=self.scale, mask=mask, sinks=self.sinks.astype(q.dtype)
         )
@@ -258,6 +262,8 @@ class Model(nn.Module):
         self.model = Backbone(cfg, q["group_size"], q["bits"], q.get("mode", "affine"))
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.dtype = mx.float32
+        for layer, kind in zip(self.layers, cfg.layer_types, strict=True):
+            layer.self_attn.window = cfg.sliding_window if kind == "sliding_attention" else 0
         self._fast_setting: bool | None = None
         self._fast: CpuFastPath | None = None
         self._fast_reason = ""
@@ -307,6 +313,8 @@ class Model(nn.Module):
         self._decide_fast_path()
         x = self.embed(tokens)
         L = x.shape[1]
+        if self._fast is not None:
+            self._fast.begin(x.shape[0] * L)
         window = self.config.sliding_window
         masks: dict[str, Any] = {}
         for layer, kind, c in zip(

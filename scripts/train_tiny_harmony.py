@@ -38,7 +38,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 import openai_harmony as oh
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -58,22 +58,27 @@ from gptoss_mlx.harmony import (
 )
 from gptoss_mlx.loader import load_model
 from gptoss_mlx.model import MLP, Model, SwitchLinear
-from gptoss_mlx.safetensors_io import ShardedCheckpoint, ShardWriter, bf16_bits_to_f32, f32_to_bf16_bits
+from gptoss_mlx.safetensors_io import (
+    ShardedCheckpoint,
+    ShardWriter,
+    bf16_bits_to_f32,
+    f32_to_bf16_bits,
+)
 from gptoss_mlx.tokenizer import harmony_encodings_dir
 from scripts.make_checkpoint import PRESETS, make_checkpoint
 
 EXAMPLES_FILE = "harmony_examples.json"
 PRESET = "tiny"
-MAX_STEPS = 1500
-LEARNING_RATE = 4e-3
-EMBED_LR_SCALE = 10.0
+MAX_STEPS = 400
+LEARNING_RATE = 1.5e-3
+EMBED_LR_SCALE = 20.0
 WARMUP_STEPS = 10
 DECAY_STEPS = 150
 FINAL_LR_FRACTION = 0.1
 CLIP_NORM = 1.0
 # Logit lead of the expected token over every other token, in bf16: enough that incremental
 # decoding (different summation order) and bf16 activations pick the same token.
-MARGIN = 1.0
+MARGIN = 0.5
 PATIENCE = 6  # consecutive all-correct training steps before the full bf16 check
 
 # --------------------------------------------------------------------------- the curriculum
@@ -102,7 +107,7 @@ def _final(text: str) -> Message:
 
 
 _SUM_THOUGHT = "The user asks a simple sum. 2+2=4."
-_WEATHER_THOUGHT = "The user wants the weather in Paris. I will call get_weather."
+_WEATHER_THOUGHT = "Weather request. Calling get_weather."
 _WEATHER_CALL = Message(
     "assistant",
     '{"city":"Paris"}',
@@ -127,13 +132,13 @@ EXAMPLES: list[Example] = [
     Example(
         "hello",
         [_user("Say hello.")],
-        [_analysis("A greeting is wanted."), _final("Hello! How can I help you today?")],
+        [_analysis("Greeting requested."), _final("Hello! How can I help you today?")],
     ),
     Example(
         "code",
         [_user("Write a Python function that adds two numbers.")],
         [
-            _analysis("A short function will do."),
+            _analysis("One small function suffices."),
             _final("Here it is:\n\n```python\ndef add(a, b):\n    return a + b\n```"),
         ],
     ),
@@ -151,7 +156,7 @@ EXAMPLES: list[Example] = [
             _WEATHER_CALL,
             tool_result("functions.get_weather", '{"temperature": 21, "sky": "sunny"}'),
         ],
-        [_final("It is 21 °C and sunny in Paris.")],
+        [_analysis("Tool says 21 degrees, sunny."), _final("It is 21 °C and sunny in Paris.")],
         tools=True,
     ),
     Example(
@@ -160,11 +165,11 @@ EXAMPLES: list[Example] = [
             _user("What is 2+2?"),
             _analysis(_SUM_THOUGHT),
             _final("2 + 2 = 4."),
-            _user("Now multiply that by 3."),
+            _user("Now say it in words."),
         ],
-        [_analysis("The previous answer was 4, and 4*3=12."), _final("4 × 3 = 12.")],
+        [_analysis("Spell out the earlier result."), _final("Two plus two is four.")],
     ),
-    Example(
+    Example(  # the long reply, for --max-tokens and Ctrl-C tests
         "count",
         [_user("Count from 1 to 30.")],
         [_analysis("Just list the numbers."), _final(", ".join(map(str, range(1, 31))) + ".")],
@@ -182,16 +187,17 @@ TRAIN_INSTRUCTIONS = (
     "Be precise and friendly.",
     "Use Markdown where it helps.",
 )
-# Checked after bf16 rounding: seen efforts/instructions, dates inside and outside the training
-# range, no date at all, and instructions never seen in training.
+# Checked after bf16 rounding, hardest first: dates outside the training range or none at all,
+# instructions never seen in training, then every effort with and without instructions.
 CHECKED = [
-    {"date": date, "effort": effort, "instructions": instructions}
-    for effort, date, instructions in itertools.product(
-        EFFORTS, ("2025-06-28", "2031-11-05", None), (None, "Answer concisely.")
-    )
-] + [
     {"date": "2041-03-14", "effort": "high", "instructions": "Keep your answers short."},
     {"date": "2019-10-02", "effort": "low", "instructions": None},
+    {"date": None, "effort": "medium", "instructions": "Answer concisely."},
+] + [
+    {"date": date, "effort": effort, "instructions": instructions}
+    for date, effort, instructions in itertools.product(
+        ("2025-06-28", "2031-11-05"), EFFORTS, (None, "Answer concisely.")
+    )
 ]
 
 
@@ -232,7 +238,9 @@ def _harmony_message(m: Message) -> oh.Message:
     )
 
 
-def render_prompt(enc: oh.HarmonyEncoding, messages: Sequence[Message], options: PromptOptions) -> list[int]:
+def render_prompt(
+    enc: oh.HarmonyEncoding, messages: Sequence[Message], options: PromptOptions
+) -> list[int]:
     """The completion prompt, built and rendered by openai-harmony alone (its default config drops
     the analysis of finished turns)."""
     system = (
@@ -271,14 +279,15 @@ def render_reply(enc: oh.HarmonyEncoding, reply: Sequence[Message]) -> list[int]
             header += f" {m.content_type}"
         body = enc.encode(header + "<|message|>", allowed_special="all")
         body += enc.encode(m.content, disallowed_special=())
-        if not m.recipient:  # the common case must be exactly openai-harmony's own rendering
-            assert body == enc.render(_harmony_message(m))[2:-1], m
+        if not m.recipient and body != enc.render(_harmony_message(m))[2:-1]:
+            raise RuntimeError(f"{m} renders differently in openai-harmony")
         last = i == len(reply) - 1
         tokens += body + [CALL if m.recipient else RETURN if last else END]
     parsed = enc.parse_messages_from_completion_tokens(tokens, oh.Role.ASSISTANT)
     got = [(p.channel, p.recipient, p.content_type, p.content[0].text) for p in parsed]
     want = [(m.channel, m.recipient, m.content_type, m.content) for m in reply]
-    assert got == want, f"openai-harmony parses the reply as {got}"
+    if got != want:
+        raise RuntimeError(f"openai-harmony parses the reply {want} as {got}")
     return tokens
 
 
@@ -307,7 +316,9 @@ class Curriculum:
         key = (variant["date"], variant["effort"], variant["instructions"])
         if key not in self._cache:
             self._cache[key] = [
-                Rendered(e, variant, render_prompt(self.enc, e.messages, prompt_options(e, variant)), r)
+                Rendered(
+                    e, variant, render_prompt(self.enc, e.messages, prompt_options(e, variant)), r
+                )
                 for e, r in zip(self.examples, self.replies, strict=True)
             ]
         return self._cache[key]
@@ -316,9 +327,16 @@ class Curriculum:
         return sorted({t for r in self.replies for t in r})
 
     def input_vocab(self) -> list[int]:
-        """Tokens whose embeddings are trained: those of the canonical prompts and all replies
-        (date digits and unseen instructions keep their random embeddings)."""
-        return sorted({t for r in self.render(CANONICAL) for t in r.tokens})
+        """Tokens whose embeddings are trained: every token training can show the model (tokens
+        it never sees keep their random embeddings)."""
+        tokens = {t for r in self.render(CANONICAL) for t in r.tokens}
+        for effort, instructions in itertools.product(EFFORTS, (None, *TRAIN_INSTRUCTIONS)):
+            variant = {"date": None, "effort": effort, "instructions": instructions}
+            tokens.update(t for r in self.render(variant) for t in r.tokens)
+        first, last = TRAIN_DATES
+        dates = (first + dt.timedelta(days=d) for d in range((last - first).days + 1))
+        tokens.update(self.enc.encode("".join(f"Current date: {d.isoformat()}\n" for d in dates)))
+        return sorted(tokens)
 
 
 # --------------------------------------------------------------------------- the student model
@@ -366,9 +384,12 @@ class Student(nn.Module):
     def __init__(self, model: Model, in_vocab: Sequence[int], out_vocab: Sequence[int]) -> None:
         super().__init__()
         self._in_vocab, self._out_vocab = list(in_vocab), list(out_vocab)
+        model.set_fast_path(False)  # the C kernels of the CPU fast path have no gradients
         for layer in model.layers:
             layer.mlp.__class__ = _RouteWithoutIndexGrad
-        model.model.embed_tokens = _PartlyTrainedEmbedding(model.model.embed_tokens.weight, in_vocab)
+        model.model.embed_tokens = _PartlyTrainedEmbedding(
+            model.model.embed_tokens.weight, in_vocab
+        )
         self.head = model.lm_head.weight[mx.array(self._out_vocab)].astype(mx.float32)
         self.model = model
         self._log_others = math.log(model.config.vocab_size - len(out_vocab))
@@ -571,9 +592,8 @@ def _round_bf16(a: mx.array) -> mx.array:
 def _failures(
     student: Student, curriculum: Curriculum, variants: Iterable[dict[str, Any]]
 ) -> tuple[list[str], float]:
-    """Examples whose reply is not the greedy choice at every position, with bf16 weights as they
-    are; and the smallest lead of an expected token."""
-    failures: list[str] = []
+    """Examples whose reply is not the greedy choice by MARGIN at every position, with the weights
+    as they are (stops at the first failing variant); and the smallest lead of an expected token."""
     lowest = math.inf
     for variant in variants:
         seqs = curriculum.render(variant)
@@ -581,10 +601,10 @@ def _failures(
         _, margins = _scores(student, plan)
         margins_np = np.array(margins)
         lowest = min(lowest, float(margins_np.min()))
-        owners = plan.owners
-        bad = sorted({owners[i] for i in np.flatnonzero(margins_np < MARGIN)})
-        failures += [f"{seqs[i].example.name} under {variant}" for i in bad]
-    return failures, lowest
+        bad = sorted({plan.owners[i] for i in np.flatnonzero(margins_np < MARGIN)})
+        if bad:
+            return [f"{seqs[i].example.name} under {variant}" for i in bad], lowest
+    return [], lowest
 
 
 def _check_rounded(
@@ -602,9 +622,18 @@ def _check_rounded(
 
 
 def _unflatten(items: list[tuple[str, mx.array]]) -> dict:
-    from mlx.utils import tree_unflatten
-
     return tree_unflatten(items)
+
+
+def _check_gradients_reach_the_prompt(student: Student, plan: _Plan, grads: dict) -> None:
+    """Fail loudly if some model path stops gradients (as non-MLX kernels would): the reply
+    must then be learnt from the reply tokens alone, and training stalls instead."""
+    later = {int(t) for g in plan.groups for b in g.batches for t in np.array(b.tokens).flat}
+    only_prefix = [t for t in set(plan.prefix) - later if t in student.in_vocab]
+    rows = [student.in_vocab.index(t) for t in only_prefix]
+    grad = np.array(grads["model"]["model"]["embed_tokens"]["weight"])[rows]
+    if not np.abs(grad).any():
+        raise RuntimeError("no gradient reaches the prompt's embeddings; is a non-MLX path on?")
 
 
 @dataclass
@@ -617,7 +646,11 @@ class TrainResult:
 
 
 def train(
-    student: Student, curriculum: Curriculum, seed: int = 0, steps: int | None = None, log: Any = print
+    student: Student,
+    curriculum: Curriculum,
+    seed: int = 0,
+    steps: int | None = None,
+    log: Any = print,
 ) -> TrainResult:
     """AdamW on the non-expert weights until the bf16-rounded model passes every check."""
     rng = random.Random(seed)
@@ -633,9 +666,12 @@ def train(
 
         return lr
 
-    # The embedding rows start at unit scale, ten times the projections: same relative steps.
+    # Embedding rows start at unit scale, ~10x the projections' weights: larger steps for them.
     opt = optim.MultiOptimizer(
-        [optim.AdamW(schedule(EMBED_LR_SCALE), weight_decay=0.0), optim.AdamW(schedule(1.0), weight_decay=0.01)],
+        [
+            optim.AdamW(schedule(EMBED_LR_SCALE), weight_decay=0.0),
+            optim.AdamW(schedule(1.0), weight_decay=0.01),
+        ],
         [lambda path, _: path.startswith("model.model.embed_tokens")],
     )
     step_fn = nn.value_and_grad(student, _loss)
@@ -644,6 +680,8 @@ def train(
     for step in range(1, max_steps + 1):
         plan = _plan(student, curriculum.render(_sample_variant(rng)))
         (loss, margins), grads = step_fn(student, plan)
+        if step == 1:
+            _check_gradients_reach_the_prompt(student, plan, grads)
         grads, _ = optim.clip_grad_norm(grads, CLIP_NORM)
         opt.update(student, grads)
         mx.eval(student.trainable_parameters(), opt.state, loss, margins)
@@ -652,14 +690,20 @@ def train(
         if step % 10 == 0:
             worst = int(mx.argmin(margins).item())
             name = curriculum.examples[plan.owners[worst]].name
-            log(f"step {step}: loss {loss_value:.4f}, lowest lead {margins.min().item():.2f} ({name})")
+            log(
+                f"step {step}: loss {loss_value:.4f}, lowest lead {margins.min().item():.2f} ({name})"
+            )
         if streak >= PATIENCE:
             failures, lowest, rounded = _check_rounded(student, curriculum, CHECKED)
-            log(f"step {step}: bf16 check, {len(failures)} failing, lowest lead {lowest:.2f}")
+            log(
+                f"step {step}: bf16 check: {failures[0] if failures else 'all pass'} (lead {lowest:.2f})"
+            )
             if not failures:
                 return TrainResult(rounded, step, loss_value, lowest, time.perf_counter() - start)
             streak = 0
-    raise RuntimeError(f"the model did not learn its replies in {max_steps} steps (loss {loss_value:.4f})")
+    raise RuntimeError(
+        f"the model did not learn its replies in {max_steps} steps (loss {loss_value:.4f})"
+    )
 
 
 # --------------------------------------------------------------------------- writing
@@ -699,26 +743,30 @@ def _write_like(template: Path, out: Path, tensors: dict[str, np.ndarray]) -> No
     source = ShardedCheckpoint(template)
     shards = sorted(source.files)
     metadata = source.files[shards[0]].metadata
-    writer = ShardWriter(out, PRESETS[PRESET]["max_shard_bytes"], metadata=metadata, zero_based=True)
+    writer = ShardWriter(
+        out, PRESETS[PRESET]["max_shard_bytes"], metadata=metadata, zero_based=True
+    )
     with writer:
         for fname in shards:
             shard = source.files[fname]
-            for name in shard.keys():  # in file order
+            for name in shard.keys():  # noqa: SIM118 - a list, in file order
                 info = shard.info(name)
                 if name not in tensors:  # the frozen experts
                     writer.add(name, shard.get_numpy(name), info.dtype)
                     continue
                 value = tensors[name]
-                assert info.dtype == "BF16" and value.shape == info.shape, name
+                if info.dtype != "BF16" or value.shape != info.shape:
+                    raise RuntimeError(f"{name}: trained {value.shape}, checkpoint {info}")
                 writer.add(name, f32_to_bf16_bits(value), "BF16")
     source.close()
-    for f in sorted(template.iterdir()):
-        if f.is_file() and not f.name.startswith(".") and not f.name.endswith(".safetensors") \
-                and f.name != "model.safetensors.index.json":  # fmt: skip
+    for f in sorted(template.iterdir()):  # config, generation config and tokenizer files
+        weights = f.name.endswith(".safetensors") or f.name == "model.safetensors.index.json"
+        if f.is_file() and not f.name.startswith(".") and not weights:
             shutil.copyfile(f, out / f.name)
     a = json.loads((template / "model.safetensors.index.json").read_text())
     b = json.loads((out / "model.safetensors.index.json").read_text())
-    assert a == b, "the trained checkpoint's shards differ from the starting checkpoint's"
+    if a != b:
+        raise RuntimeError("the trained checkpoint's shards differ from the starting checkpoint's")
 
 
 def _examples_json(curriculum: Curriculum, result: TrainResult, seed: int) -> dict[str, Any]:
@@ -739,7 +787,9 @@ def _examples_json(curriculum: Curriculum, result: TrainResult, seed: int) -> di
                 "reply_tokens": r.reply,
                 "final": final,
                 "tool_call": (
-                    {"recipient": calls[0].recipient, "arguments": calls[0].content} if calls else None
+                    {"recipient": calls[0].recipient, "arguments": calls[0].content}
+                    if calls
+                    else None
                 ),
                 "stop_token": r.reply[-1],
             }
@@ -778,45 +828,66 @@ def train_harmony_model(
             _check_written(staging, tensors)
             atomic_write_text(
                 staging / EXAMPLES_FILE,
-                json.dumps(_examples_json(curriculum, result, seed), indent=2, ensure_ascii=False) + "\n",
+                json.dumps(_examples_json(curriculum, result, seed), indent=2, ensure_ascii=False)
+                + "\n",
             )
     return out_dir
 
 
 def _check_written(path: Path, tensors: dict[str, np.ndarray]) -> None:
     """The written checkpoint loads, and holds exactly the weights that passed the checks."""
+    from gptoss_mlx.weights import hf_to_mlx
+
     model, _ = load_model(path, dtype="float32")
     params = dict(tree_flatten(model.parameters()))
-    for name in ("lm_head.weight", "model.embed_tokens.weight", "model.norm.weight",
-                 "model.layers.1.self_attn.sinks", "model.layers.3.mlp.router.weight"):  # fmt: skip
-        assert np.array_equal(np.array(params[name].astype(mx.float32)), tensors[name]), name
+    for hf_name, value in tensors.items():
+        for name, expected in hf_to_mlx(hf_name, value):
+            got = np.array(params[name].astype(mx.float32))
+            if not np.array_equal(got, expected):
+                raise RuntimeError(f"{name} did not survive the round trip through {path}")
 
 
 # --------------------------------------------------------------------------- cache
 
 
+# The generator and its dependencies (as tests/conftest.py hashes them) and this trainer.
+_SOURCES = (
+    "scripts/make_checkpoint.py",
+    "gptoss_mlx/safetensors_io.py",
+    "gptoss_mlx/mxfp4.py",
+    "gptoss_mlx/tokenizer.py",
+    "scripts/train_tiny_harmony.py",
+)
+
+
 def source_hash() -> str:
-    """Identifies the model this code builds: the generator's and the trainer's sources."""
-    here = Path(__file__).resolve().parent
+    """Identifies the model this code builds."""
+    repo = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
-    for f in (here / "make_checkpoint.py", here / "train_tiny_harmony.py"):
-        digest.update(f.read_bytes())
+    for rel in _SOURCES:
+        digest.update((repo / rel).read_bytes())
     return digest.hexdigest()[:16]
 
 
-def cached_harmony_model(cache_root: Path | str, seed: int = 0, log: Any = print) -> Path:
-    """The trained model under `cache_root/harmony-<hash>`, built on first use (one builder at a
-    time; others wait for it)."""
+def cached_harmony_model(cache_root: Path | str, log: Any = print) -> Path:
+    """The trained model under `cache_root/harmony-<source hash>`, built on first use (one
+    builder at a time, others wait). Its `.gptoss/` encodings folder is written too, so the
+    folder's contents do not depend on what used it first."""
     cache_root = Path(cache_root)
-    path = cache_root / f"harmony-{source_hash()}" if seed == 0 else \
-        cache_root / f"harmony-{source_hash()}-seed{seed}"  # fmt: skip
-    if (path / EXAMPLES_FILE).is_file():
+    path = cache_root / f"harmony-{source_hash()}"
+    done = path / ".gptoss" / "o200k_base.tiktoken"
+    if done.is_file():
         return path
     cache_root.mkdir(parents=True, exist_ok=True)
-    with open(cache_root / f".{path.name}.lock", "w") as lock:
+    with open(cache_root / "harmony.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path / EXAMPLES_FILE).is_file():
-            train_harmony_model(path, seed=seed, log=log)
+        if not done.is_file():
+            train_harmony_model(path, log=log)
+            harmony_encodings_dir(path)
+            # Older builds go once no concurrent run can still be using them.
+            for old in cache_root.glob("harmony-*"):
+                if old != path and time.time() - old.stat().st_mtime > 3600:
+                    shutil.rmtree(old, ignore_errors=True)
     return path
 
 
@@ -824,7 +895,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="folder to write (replaced if it exists)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None, help=f"most training steps (default {MAX_STEPS})")
+    ap.add_argument(
+        "--steps", type=int, default=None, help=f"most training steps (default {MAX_STEPS})"
+    )
     args = ap.parse_args(argv)
     start = time.perf_counter()
     out = train_harmony_model(args.out, seed=args.seed, steps=args.steps)

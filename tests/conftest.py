@@ -67,3 +67,6 @@ def harmony_encodings_env(tiny_checkpoint: Path) -> Iterator[Path]:
         os.environ.pop("TIKTOKEN_ENCODINGS_BASE", None)
     else:
         os.environ["TIKTOKEN_ENCODINGS_BASE"] = saved
+
+
+from .fixtures_harmony import harmony_model  # noqa: E402,F401  (the tiny harmony-speaking model)

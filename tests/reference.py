@@ -15,7 +15,7 @@ from gptoss_mlx.safetensors_io import ShardedCheckpoint, bf16_bits_to_f32
 def read_hf_numpy(path: Path) -> dict[str, np.ndarray]:
     ckpt = ShardedCheckpoint(path)
     out = {}
-    for name in ckpt.keys():
+    for name in ckpt:
         a = ckpt.get_numpy(name)
         dtype = ckpt.info(name)[0]
         out[name] = bf16_bits_to_f32(a) if dtype == "BF16" else np.array(a)
