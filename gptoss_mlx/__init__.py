@@ -6,6 +6,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+from .device import prepare_backend as _prepare_backend  # noqa: E402
+
+_prepare_backend()  # an optimized BLAS must be loaded before anything imports mlx
+
 if TYPE_CHECKING:
     from .model import Model
     from .tokenizer import Tokenizer
