@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import importlib.util
 import json
 import os
 import socket
@@ -18,21 +17,10 @@ import pytest
 from gptoss_mlx import harmony as H
 from gptoss_mlx.errors import UserError
 
+from .golden import make_goldens
+
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_FILES = sorted(GOLDEN.glob("*.json"))
-
-
-def _load_make_goldens():
-    name = "gptoss_golden_cases"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, GOLDEN / "make_goldens.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-make_goldens = _load_make_goldens()
 
 
 @pytest.fixture(scope="session")

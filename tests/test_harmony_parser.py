@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import openai_harmony as oh
@@ -21,24 +19,14 @@ from gptoss_mlx.harmony import (
     ToolCall,
 )
 
+from .golden import make_goldens
+
 GOLDEN = Path(__file__).parent / "golden"
-
-
-def _load_make_goldens():
-    name = "gptoss_golden_cases"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, GOLDEN / "make_goldens.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
 def enc(tmp_path_factory):
-    return H.load_encoding(
-        _load_make_goldens().o200k_encodings_dir(tmp_path_factory.mktemp("o200k"))
-    )
+    return H.load_encoding(make_goldens.o200k_encodings_dir(tmp_path_factory.mktemp("o200k")))
 
 
 def toks(enc, text: str) -> list[int]:
