@@ -335,14 +335,14 @@ def _check_mlx() -> list[Check]:
         import mlx.core as mx
     except ImportError as e:
         return [Check("mlx", "fail", f"not importable ({e}); pip install mlx")]
-    from .device import device_info
+    from .device import backend_report, device_info
 
     dev = device_info()
     version = getattr(mx, "__version__", "?")
     device = "Metal GPU" if dev.metal else "CPU"
     return [
         Check("mlx", "ok", f"{version}, default device {device} ({mx.default_device()})"),
-        Check("compute path", "ok" if dev.metal else "info", dev.reason),
+        *(Check(*row) for row in backend_report()),
     ]
 
 
@@ -439,7 +439,6 @@ def _check_models() -> list[Check]:
     return rows
 
 
-# The lead adds rows (e.g. BLAS) by appending a function here.
 DOCTOR_CHECKS: list[Callable[[], list[Check]]] = [
     _check_platform,
     _check_python,

@@ -94,46 +94,73 @@ def cpu_fast_path(dtype: Any) -> tuple[Any, str]:
     ), "CPU fast path: C kernels for decode, BLAS (experts dequantized per chunk) for prefill"
 
 
-def stored_dtype_params(model: Any, dtype: Any) -> set[str]:
-    """Parameters the loader should keep as stored (bf16) instead of casting to `dtype`.
+# Dense matmul weights the CPU fast path reads as stored (bf16) with float32 arithmetic.
+DENSE_MATMULS = ("q_proj", "k_proj", "v_proj", "o_proj", "lm_head")
 
-    On the CPU fast path the dense matmul weights (attention projections, lm_head) are read by
-    our kernels as stored, in float32 arithmetic: the same numbers at half the bytes per token
-    and half the memory. Anywhere else: none (MLX's own matmuls want one dtype).
-    """
-    fast, _ = cpu_fast_path(dtype)
-    if fast is None:
+
+def is_dense_matmul_weight(name: str) -> bool:
+    """Checkpoint or model parameter name of a dense matmul weight (same in both layouts)."""
+    return name.endswith(tuple(f"{d}.weight" for d in DENSE_MATMULS))
+
+
+def keeps_dense_weights_stored(dtype: str) -> bool:
+    """Whether the loader keeps float dense matmul weights as stored instead of casting them to
+    the activation dtype `dtype`: on the CPU fast path our kernels read bf16 directly (the same
+    numbers at half the bytes per token and half the memory); MLX's own matmuls want one dtype."""
+    if dtype != "float32" or device_info().metal:
+        return False
+    from . import cpu_kernels
+
+    return cpu_kernels.load() is not None
+
+
+def stored_dtype_params(model: Any, dtype: Any) -> set[str]:
+    """Parameters the loader keeps as stored instead of casting to `dtype` (an mx.Dtype)."""
+    import mlx.core as mx
+
+    if dtype != mx.float32 or not keeps_dense_weights_stored("float32"):
         return set()
-    dense = ("q_proj", "k_proj", "v_proj", "o_proj", "lm_head")
+    from .cpu_path import CpuFastPath
+
     return {
         f"{name}.weight"
         for name, module in model.named_modules()
-        if name.endswith(dense) and fast.supports_linear(module)
+        if is_dense_matmul_weight(f"{name}.weight") and CpuFastPath.supports_linear(module)
     }
 
 
-def backend_report() -> dict[str, str]:
-    """Which path is active and why, one line each (for `gptoss doctor`)."""
+def backend_report() -> list[tuple[str, str, str]]:
+    """Which compute path is active and why: (row, status, detail) rows for `gptoss doctor`,
+    status "ok", "warn" (slower than it could be, with the fix) or "info"."""
+    import mlx.core as mx
+
     from . import blas, cpu_kernels
 
     info = device_info()
-    report = {"device": f"{info.name}: {info.reason}", "dtype": info.default_dtype}
+    rows = [("compute path", "ok" if info.metal else "info", f"{info.name}: {info.reason}")]
     if info.metal:
-        report["blas"] = "Accelerate (macOS)"
-        report["experts"] = "mx.gather_qmm (fused MXFP4 kernels)"
-        return report
+        return rows + [
+            ("blas", "ok", "Accelerate (macOS)"),
+            ("experts", "ok", "mx.gather_qmm (fused MXFP4 kernels), bf16 activations"),
+        ]
     b = blas.status()
-    report["blas"] = (
-        f"{b.path} ({b.reason})" if b.loaded else f"MLX's bundled reference BLAS: {b.reason}"
-    )
-    k = cpu_kernels.status()
-    if k.available:
-        report["kernels"] = f"{k.simd}, {k.threads} threads, {k.path}"
-        report["decode"] = (
-            "C kernels: dense gemv on stored bf16/f32 weights, MXFP4 experts read directly"
-        )
-        report["prefill"] = "numpy BLAS float32; experts dequantized once per chunk"
+    if b.loaded:
+        rows.append(("blas", "ok", f"{b.path} ({b.reason.split(' ')[0]})"))
     else:
-        report["kernels"] = f"unavailable: {k.reason}"
-        report["decode"] = report["prefill"] = "plain MLX (mx.gather_qmm)"
-    return report
+        rows.append(("blas", "warn", f"MLX's bundled reference BLAS (slow): {b.reason}"))
+    k = cpu_kernels.status()
+    fast, why = cpu_fast_path(mx.float32)
+    if k.available:
+        rows.append(("kernels", "ok", f"{k.simd}, {k.threads} threads, {k.path}"))
+    else:
+        rows.append(("kernels", "warn", f"{k.reason}; decode and prefill run in plain MLX"))
+    if fast is not None:
+        rows += [
+            ("fast path", "ok", why),
+            ("decode", "info", "C kernels: dense gemv on stored bf16 weights, MXFP4 experts read directly"),
+            ("prefill", "info", "BLAS in float32; experts hit by many tokens dequantized once per chunk"),
+            ("dense weights", "info", "kept as stored (bf16): half the memory of float32 copies"),
+        ]  # fmt: skip
+    else:
+        rows.append(("fast path", "warn", why))
+    return rows

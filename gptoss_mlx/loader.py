@@ -76,14 +76,21 @@ def build_model(cfg: ModelConfig, weights: dict[str, mx.array]) -> Model:
 
 
 def cast_activations(model: Model, dtype: mx.Dtype) -> None:
-    """Run activations in `dtype`: cast float parameters used in matmuls; keep packed weights and
-    the embedding table (rows are cast when gathered) as stored."""
+    """Run activations in `dtype`: cast float parameters used in matmuls; keep packed weights, the
+    embedding table (rows are cast when gathered) and, on the CPU fast path, the dense matmul
+    weights (device.stored_dtype_params) as stored."""
+    from .device import stored_dtype_params
+
     model.dtype = dtype
+    keep = stored_dtype_params(model, dtype)
 
     def cast(path: str, a: mx.array) -> mx.array:
-        # The dense embedding table stays as stored (rows are cast when gathered); a quantized
-        # one's scales and biases are cast so rows dequantize at full precision.
-        if not mx.issubdtype(a.dtype, mx.floating) or path == "model.embed_tokens.weight":
+        # A quantized embedding's scales and biases are cast so rows dequantize at full precision.
+        if (
+            not mx.issubdtype(a.dtype, mx.floating)
+            or path == "model.embed_tokens.weight"
+            or path in keep
+        ):
             return a
         return a.astype(dtype)
 

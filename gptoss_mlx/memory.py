@@ -3,7 +3,8 @@ that refuses to load what will not fit (saying what would).
 
 The estimate is weights + KV cache + overhead:
 - weights: the checkpoint's tensors as the loader keeps them (float tensors other than the
-  embedding table are cast to the activation dtype);
+  embedding table, and on the CPU fast path other than the dense matmul weights, are cast to the
+  activation dtype);
 - KV cache: `ModelConfig.kv_cache_bytes` (sliding layers hold only their window), with full
   layers rounded up to the cache's allocation step;
 - overhead: one prefill chunk's activations, the attention scores when the backend materialises
@@ -187,14 +188,21 @@ def available_memory() -> MemoryBudget:
 # -- the estimate ----------------------------------------------------------------------------------
 
 
-def weights_bytes(model_dir: Path, dtype_bytes: int) -> int:
-    """Bytes of the tensors once loaded with activations in a `dtype_bytes` float type."""
+def weights_bytes(model_dir: Path, dtype_bytes: int, *, keep_dense_stored: bool = False) -> int:
+    """Bytes of the tensors once loaded with activations in a `dtype_bytes` float type, as
+    loader.cast_activations keeps them: the embedding table (and, with `keep_dense_stored`, the
+    dense matmul weights) as stored, other float tensors in the activation type."""
+    from .device import is_dense_matmul_weight
     from .registry import tensors
 
     total = 0
     for name, t in tensors(model_dir).items():
         per = FLOAT_DTYPES.get(t["dtype"])
-        if per is None or name.startswith("model.embed_tokens"):
+        if (
+            per is None
+            or name.startswith("model.embed_tokens")
+            or (keep_dense_stored and is_dense_matmul_weight(name))
+        ):
             total += t["nbytes"]
         else:
             total += t["nbytes"] // per * dtype_bytes
@@ -233,12 +241,29 @@ def activation_bytes(
     return int(ACTIVATION_SAFETY * (layer + scores)) + growth + logits
 
 
+def keeps_dense_stored(dtype_bytes: int) -> bool:
+    """Whether the loader will keep the dense matmul weights as stored on this machine."""
+    from .device import keeps_dense_weights_stored
+
+    return dtype_bytes == 4 and keeps_dense_weights_stored("float32")
+
+
 class Estimator:
-    def __init__(self, model_dir: Path, dtype_bytes: int, fused_attention: bool | None) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        dtype_bytes: int,
+        fused_attention: bool | None,
+        keep_dense_stored: bool | None = None,
+    ) -> None:
+        """`fused_attention` and `keep_dense_stored` default (None) to what this machine does."""
         self.cfg = ModelConfig.from_dir(model_dir)
         self.dtype_bytes = dtype_bytes
         self.fused = metal_available() if fused_attention is None else fused_attention
-        self.weights = weights_bytes(model_dir, dtype_bytes)
+        if keep_dense_stored is None:
+            keep_dense_stored = keeps_dense_stored(dtype_bytes)
+        self.keep_dense_stored = keep_dense_stored
+        self.weights = weights_bytes(model_dir, dtype_bytes, keep_dense_stored=keep_dense_stored)
 
     def at(self, context: int) -> MemoryEstimate:
         kv = kv_cache_bytes(self.cfg, context, self.dtype_bytes)
@@ -279,17 +304,19 @@ def largest_context_that_fits(
     return Estimator(Path(model_dir), dtype_bytes, fused_attention).largest_context(budget)
 
 
-def _fits_20b(context: int, dtype_bytes: int, budget: int, fused: bool) -> bool:
+def _fits_20b(context: int, dtype_bytes: int, budget: int, fused: bool, keep_dense: bool) -> bool:
     cfg = ModelConfig()  # its defaults are gpt-oss-20b's
     cfg.layer_types = [
         "sliding_attention" if n % 2 == 0 else "full_attention"
         for n in range(cfg.num_hidden_layers)
     ]
     counts = cfg.param_counts()
-    expert_matrices = (
-        cfg.num_hidden_layers * cfg.num_local_experts * 3 * cfg.hidden_size * cfg.intermediate_size
-    )
+    h = cfg.hidden_size
+    expert_matrices = cfg.num_hidden_layers * cfg.num_local_experts * 3 * h * cfg.intermediate_size
     cast = counts["total"] - counts["embedding"] - expert_matrices  # bf16 on disk, dtype in memory
+    if keep_dense:
+        q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        cast -= counts["lm_head"] + cfg.num_hidden_layers * (2 * h * q + 2 * h * kv)
     need = (
         WEIGHTS_20B
         + cast * (dtype_bytes - 2)
@@ -327,7 +354,9 @@ def check_memory(
     largest = est.largest_context(budget.bytes)
     if largest is not None and largest >= min(MIN_USEFUL_CONTEXT, context):
         options.append(f"use --context {largest}")
-    if cfg.num_hidden_layers > 24 and _fits_20b(context, dtype_bytes, budget.bytes, est.fused):
+    if cfg.num_hidden_layers > 24 and _fits_20b(
+        context, dtype_bytes, budget.bytes, est.fused, est.keep_dense_stored
+    ):
         options.append("use the 20b model (-m 20b)")
     if budget.source == "GPU working-set limit":
         total = total_memory_bytes()

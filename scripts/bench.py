@@ -9,8 +9,8 @@ runs in every round too, so decode speed can be read against this machine's memo
     python scripts/bench.py --micro               # kernel micro-benchmarks (same process, medians)
     python scripts/bench.py --convert             # also: convert wall time and peak RSS
 
-Peers: ours (gptoss-mlx as the loader builds it), ours-bf16w (with the loader keeping the dense
-matmul weights as stored, bf16: see device.stored_dtype_params), mlx-lm (as installed, bf16),
+Peers: ours (gptoss-mlx as the loader builds it), ours-f32w (the previous loader, which cast the
+dense matmul weights to float32 instead of keeping them bf16), mlx-lm (as installed, bf16),
 mlx-lm-f32, mlx-lm-f32-blas (float32 with OpenBLAS loaded first), llama.cpp (llama-bench, built
 on demand from the llama-cpp-python sdist on PyPI into .cache/llama.cpp; the checkpoint is
 converted with its convert_hf_to_gguf.py). mlx-lm prefills at well under 1 tok/s here, so its
@@ -37,7 +37,7 @@ LLAMA_DIR = ROOT / ".cache" / "llama.cpp"
 
 PEERS = {
     "ours": "gptoss-mlx (default dtype and path for the device)",
-    "ours-bf16w": "gptoss-mlx with dense matmul weights kept bf16 (proposed loader change)",
+    "ours-f32w": "gptoss-mlx with dense matmul weights cast to float32 (the previous loader)",
     "mlx-lm": "mlx-lm as installed (bf16 activations)",
     "mlx-lm-f32": "mlx-lm with float32 activations",
     "mlx-lm-f32-blas": "mlx-lm with float32 activations and OpenBLAS loaded before mlx",
@@ -86,39 +86,19 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
-def _keep_bf16_loader() -> None:
-    """The loader change proposed for the lead: dense matmul weights stay as stored."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_unflatten
+def _cast_all_loader() -> None:
+    """The previous loader: dense matmul weights cast to float32 too (for comparison)."""
+    from gptoss_mlx import device
 
-    from gptoss_mlx import loader
-    from gptoss_mlx.device import stored_dtype_params
-
-    def cast_activations(model, dtype) -> None:
-        model.dtype = dtype
-        keep = stored_dtype_params(model, dtype)
-
-        def cast(path: str, a: mx.array) -> mx.array:
-            if (
-                not mx.issubdtype(a.dtype, mx.floating)
-                or path == "model.embed_tokens.weight"
-                or path in keep
-            ):
-                return a
-            return a.astype(dtype)
-
-        params = tree_flatten(model.parameters())
-        model.update(tree_unflatten([(k, cast(k, v)) for k, v in params]))
-
-    loader.cast_activations = cast_activations
+    device.stored_dtype_params = lambda model, dtype: set()
 
 
 def worker_ours(peer: str, ckpt: Path, prompts: list[int], n_decode: int) -> dict:
     from gptoss_mlx.device import backend_report, prepare_backend
 
     prepare_backend()  # what gptoss_mlx/__init__.py does, before mlx is imported
-    if peer == "ours-bf16w":
-        _keep_bf16_loader()
+    if peer == "ours-f32w":
+        _cast_all_loader()
     import mlx.core as mx
 
     from gptoss_mlx import load_model

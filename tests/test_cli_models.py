@@ -149,6 +149,26 @@ def test_info_of_a_missing_model(tmp_path):
     assert r.stderr == "gptoss: error: model 120b is not downloaded; run `gptoss download 120b`\n"
 
 
+def test_doctor_says_which_compute_path_is_active_and_why(home):
+    env = cli_env(home)
+    r = run_cli(["doctor", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    rows = {row["check"]: row for row in json.loads(r.stdout)}
+    if shutil.which("cc") or shutil.which("gcc"):
+        assert rows["fast path"]["status"] == "ok", rows["fast path"]
+        assert rows["kernels"]["status"] == "ok" and "threads" in rows["kernels"]["detail"]
+        assert "bf16" in rows["dense weights"]["detail"]
+    # Each part switched off says so, and how the path falls back.
+    r = run_cli(["doctor", "--json"], {**env, "GPTOSS_BLAS": "off", "GPTOSS_KERNELS": "off"})
+    assert r.returncode == 0, r.stderr
+    rows = {row["check"]: row for row in json.loads(r.stdout)}
+    assert rows["blas"]["status"] == "warn" and "GPTOSS_BLAS=off" in rows["blas"]["detail"]
+    assert rows["kernels"]["status"] == "warn"
+    assert "GPTOSS_KERNELS" in rows["kernels"]["detail"]
+    assert "plain MLX" in rows["kernels"]["detail"]
+    assert rows["fast path"]["status"] == "warn" and "dense weights" not in rows
+
+
 def test_doctor_rows(home, monkeypatch):
     from gptoss_mlx.cli_models import Check, doctor_checks
 

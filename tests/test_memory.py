@@ -27,6 +27,19 @@ def loaded(tiny_checkpoint):
     return model, prefill
 
 
+@pytest.fixture(scope="module")
+def loaded_plain(tiny_checkpoint):
+    """The model as loaded where the CPU fast path is unavailable (no C compiler): every float
+    matmul weight cast to float32, run by plain MLX."""
+    from gptoss_mlx import device, load_model
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(device, "keeps_dense_weights_stored", lambda dtype: False)
+        model, _ = load_model(tiny_checkpoint, dtype="float32")
+    model.set_fast_path(False)
+    return model
+
+
 def tokens(n: int) -> list[int]:
     return [int(t) for t in np.random.default_rng(n).integers(0, 199_990, size=n)]
 
@@ -40,11 +53,25 @@ def test_constants_follow_the_code_they_describe():
 
 
 def test_weights_estimate_equals_the_loaded_parameters(loaded, tiny_checkpoint):
+    import mlx.core as mx
     from mlx.utils import tree_flatten
 
+    from gptoss_mlx import cpu_kernels
+    from gptoss_mlx.device import is_dense_matmul_weight
+
     model, _ = loaded
-    held = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-    assert memory.weights_bytes(tiny_checkpoint, 4) == held
+    params = dict(tree_flatten(model.parameters()))
+    held = sum(v.nbytes for v in params.values())
+    assert memory.Estimator(tiny_checkpoint, 4, False).weights == held
+    # On the CPU fast path the loader keeps the dense matmul weights bf16 (read by our kernels).
+    kept = {k: v for k, v in params.items() if is_dense_matmul_weight(k) and v.dtype != mx.float32}
+    assert memory.keeps_dense_stored(4) == (cpu_kernels.load() is not None) == bool(kept)
+    if kept:
+        assert "lm_head.weight" in kept and all(v.dtype == mx.bfloat16 for v in kept.values())
+        # Cast to float32 they would take twice the bytes.
+        assert memory.weights_bytes(tiny_checkpoint, 4, keep_dense_stored=False) == held + sum(
+            v.nbytes for v in kept.values()
+        )
     # In bf16 the weights are the checkpoint as stored.
     files = sum(f.stat().st_size for f in Path(tiny_checkpoint).glob("*.safetensors"))
     assert files - 1_000_000 < memory.weights_bytes(tiny_checkpoint, 2) <= files
@@ -66,13 +93,13 @@ def test_kv_estimate_matches_the_caches(loaded, tiny_checkpoint, n):
 
 
 @pytest.mark.parametrize("n", [40, 600, 1500])
-def test_activation_margin_covers_the_measured_peak(loaded, tiny_checkpoint, n):
+def test_activation_margin_covers_the_measured_peak(loaded, loaded_plain, tiny_checkpoint, n):
     import mlx.core as mx
 
-    model, prefill = loaded
+    _, prefill = loaded
     # MLX's allocator sees only the plain MLX path's memory (the CPU fast path computes in
     # numpy/C buffers it does not count), so measure that path: it is the one the estimate models.
-    model.set_fast_path(False)
+    model = loaded_plain
     cfg = ModelConfig.from_dir(tiny_checkpoint)
     cache = model.make_cache()
     mx.eval(model.parameters())
@@ -83,7 +110,6 @@ def test_activation_margin_covers_the_measured_peak(loaded, tiny_checkpoint, n):
     est = memory.activation_bytes(cfg, n, 4, fused_attention=False)
     assert measured <= est
     assert est <= 4 * measured, "an estimate this loose would refuse models that fit"
-    model.set_fast_path(None)
 
 
 def test_refuses_when_it_does_not_fit_and_force_overrides(tiny_checkpoint):

@@ -171,13 +171,15 @@ def test_bf16_activations_keep_plain_mlx():
 
 
 def test_backend_report_names_every_choice():
-    report = backend_report()
-    assert {"device", "dtype", "blas"} <= set(report)
-    assert (
-        "mlx was imported before" in report["blas"]
-        or "/" in report["blas"]
-        or "BLAS" in report["blas"]
-    )
+    rows = {name: (status, detail) for name, status, detail in backend_report()}
+    assert {"compute path", "blas", "kernels", "fast path"} <= set(rows)
+    assert all(status in ("ok", "warn", "info") for status, _ in rows.values())
+    fast, _ = cpu_fast_path(mx.float32)
+    assert rows["fast path"][0] == ("ok" if fast is not None else "warn")
+    if fast is not None:
+        assert "bf16" in rows["dense weights"][1]
+    blas_status, blas_detail = rows["blas"]
+    assert blas_status == "ok" and "/" in blas_detail or "reference BLAS" in blas_detail
 
 
 def run_python(code: str, **env: str) -> dict:
