@@ -1,5 +1,13 @@
 """Downloads from the Hugging Face hub: only the files gptoss loads, a disk-space check first,
-rich progress, and one-line errors. huggingface_hub is imported inside functions (start-up time).
+rich progress, one-line errors, and weights that resume where a killed run stopped.
+huggingface_hub is imported inside functions (start-up time).
+
+huggingface_hub (2.x) names its partial files per process and deletes them on failure, so a killed
+download would start its files from zero. The large (LFS) files are therefore fetched here, before
+snapshot_download, into the cache's own layout: `blobs/<sha256>.gptoss-partial` grows with Range
+requests across runs, is checked against its size and sha256, then renamed to `blobs/<sha256>`.
+snapshot_download finds those blobs present, only links them into the snapshot, and fetches the
+small files itself.
 
 Environment read at call time (so tests and callers can change it): HF_ENDPOINT, HF_HOME,
 HF_HUB_CACHE, HF_HUB_OFFLINE, HF_TOKEN (read by huggingface_hub itself), and
@@ -10,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -19,7 +29,8 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +61,10 @@ IGNORE_PATTERNS = ["*/*"]
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 STALE_PARTIAL_SECONDS = 600
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+PARTIAL_SUFFIX = ".gptoss-partial"
+BLOB_WORKERS = 3  # large files downloaded at once
+NETWORK_RETRIES = 5  # in-run resumes in a row that receive nothing, before giving up
 
 
 def repo_id_for(spec: str) -> str | None:
@@ -93,6 +108,10 @@ def hf_cache_dir() -> Path:
 
 def repo_cache_dir(repo_id: str) -> Path:
     return hf_cache_dir() / ("models--" + repo_id.replace("/", "--"))
+
+
+def blobs_dir(repo_id: str) -> Path:
+    return repo_cache_dir(repo_id) / "blobs"
 
 
 def wanted_files(paths: Iterable[str]) -> list[str]:
@@ -165,6 +184,15 @@ class RemoteFile:
     size: int
     etag: str  # the blob name in the cache: sha256 for LFS files, the git blob id otherwise
 
+    @property
+    def is_lfs(self) -> bool:
+        return bool(SHA256_RE.fullmatch(self.etag))
+
+
+def partial_path(repo_id: str, f: RemoteFile) -> Path:
+    """Where a large file grows until it is complete and verified; later runs resume it."""
+    return blobs_dir(repo_id) / (f.etag + PARTIAL_SUFFIX)
+
 
 @dataclass
 class DownloadPlan:
@@ -173,6 +201,7 @@ class DownloadPlan:
     commit: str
     files: list[RemoteFile]
     present: set[str] = field(default_factory=set)
+    resumable: dict[str, int] = field(default_factory=dict)  # path -> bytes a killed run left
 
     @property
     def total_bytes(self) -> int:
@@ -184,7 +213,8 @@ class DownloadPlan:
 
     @property
     def missing_bytes(self) -> int:
-        return sum(f.size for f in self.missing)
+        """Bytes still to transfer (and to find room for on disk)."""
+        return sum(f.size - self.resumable.get(f.path, 0) for f in self.missing)
 
     @property
     def snapshot_dir(self) -> Path:
@@ -316,10 +346,15 @@ def plan_download(repo_id: str, revision: str | None = None) -> DownloadPlan:
         )
     _check_is_gpt_oss(repo_id, str(info.sha))
     plan = DownloadPlan(repo_id, rev, str(info.sha), files)
-    blobs = repo_cache_dir(repo_id) / "blobs"
+    blobs = blobs_dir(repo_id)
     for f in files:
         if (plan.snapshot_dir / f.path).exists() or (f.etag and (blobs / f.etag).exists()):
             plan.present.add(f.path)
+        elif f.is_lfs:
+            with contextlib.suppress(OSError):
+                done = partial_path(repo_id, f).stat().st_size
+                if done <= f.size:
+                    plan.resumable[f.path] = done
     return plan
 
 
@@ -348,9 +383,10 @@ def _check_is_gpt_oss(repo_id: str, commit: str) -> None:
 
 
 def _remove_stale_partials(plan: DownloadPlan) -> None:
-    """Delete partial files a killed download left behind (huggingface_hub names them per process,
-    so they are never resumed and would only hold disk space)."""
-    blobs = repo_cache_dir(plan.repo_id) / "blobs"
+    """Delete huggingface_hub's own partial files that a killed download left behind (small files
+    now, large ones from older gptoss versions): it names them per process, so they are never
+    resumed and would only hold disk space. Our resumable partials do not match."""
+    blobs = blobs_dir(plan.repo_id)
     now = time.time()
     for f in plan.missing:
         if not f.etag:
@@ -378,6 +414,7 @@ def fetch(plan: DownloadPlan, *, progress: bool = True) -> Path:
         if watcher:
             watcher.start()
         with hub_errors(plan.repo_id, plan.revision):
+            _fetch_large_files(plan)
             path = snapshot_download(
                 plan.repo_id,
                 revision=plan.revision,
@@ -399,6 +436,173 @@ def fetch(plan: DownloadPlan, *, progress: bool = True) -> Path:
             "run the same command again to resume"
         )
     return snapshot
+
+
+def _fetch_large_files(plan: DownloadPlan) -> None:
+    """Download the plan's missing LFS files into blobs/, a few at once, resuming partials."""
+    files = [f for f in plan.missing if f.is_lfs]
+    if not files:
+        return
+    blobs_dir(plan.repo_id).mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers=min(BLOB_WORKERS, len(files))) as pool:
+        futures = [pool.submit(_fetch_blob, plan, f, stop) for f in files]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        finally:
+            # A failure (or Ctrl-C outside the CLI) stops the running files at their next chunk
+            # and the queued ones before they start.
+            stop.set()
+            pool.shutdown(cancel_futures=True)
+
+
+class _Mismatch(Exception):
+    """The bytes received are not the file the hub lists."""
+
+
+def _fetch_blob(plan: DownloadPlan, f: RemoteFile, stop: threading.Event) -> None:
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers
+
+    blob = blobs_dir(plan.repo_id) / f.etag
+    url = hf_hub_url(plan.repo_id, f.path, revision=plan.commit, endpoint=hf_endpoint())
+    # identity: Range offsets then count the bytes stored on disk.
+    headers = {**build_hf_headers(), "Accept-Encoding": "identity"}
+    with _exclusive(plan.repo_id, f):
+        if blob.exists():
+            return
+        with _Partial(partial_path(plan.repo_id, f), f.size) as part:
+            try:
+                _receive(part, url, headers, stop)
+                if part.done < f.size:
+                    return  # stopped: keep the partial for the next run
+                if part.sha256() != f.etag:
+                    raise _Mismatch("its sha256 differs from the hub's")
+            except _Mismatch as e:
+                part.discard()
+                raise DownloadError(
+                    f"the download of {f.path} from {plan.repo_id} is damaged ({e}); deleted it: "
+                    "run the same command again to download it afresh"
+                ) from None
+        os.replace(part.path, blob)
+
+
+@contextlib.contextmanager
+def _exclusive(repo_id: str, f: RemoteFile) -> Iterator[None]:
+    """Refuse a second process appending to the same partial file (it would corrupt it)."""
+    lock = hf_cache_dir() / ".locks" / repo_cache_dir(repo_id).name / f"{f.etag}.gptoss.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DownloadError(
+                f"another download of {repo_id} is writing {f.path}; let it finish (or stop it) "
+                "and run the same command again"
+            ) from None
+        yield
+
+
+class _Partial:
+    """The bytes of one file received so far, hashed as they arrive."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self.received = 0  # bytes written by this run
+        self._file = open(path, "ab")  # noqa: SIM115 (closed by __exit__ or discard)
+        self.done = os.fstat(self._file.fileno()).st_size
+        if self.done > size:
+            self.restart()
+        else:
+            with open(path, "rb") as existing:
+                self._sha = hashlib.file_digest(existing, "sha256")
+
+    def __enter__(self) -> _Partial:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def restart(self) -> None:
+        self._file.truncate(0)
+        self.done = 0
+        self._sha = hashlib.sha256()
+
+    def write(self, chunk: bytes) -> None:
+        if self.done + len(chunk) > self.size:
+            raise _Mismatch(f"the hub sent more than the {self.size} bytes it lists")
+        self._file.write(chunk)
+        self._file.flush()  # in the kernel now: a killed process keeps it
+        self._sha.update(chunk)
+        self.done += len(chunk)
+        self.received += len(chunk)
+
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def discard(self) -> None:
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+def _receive(part: _Partial, url: str, headers: dict[str, str], stop: threading.Event) -> None:
+    """Fill `part` from `url`, resuming with a Range request after a cut connection."""
+    fruitless = 0
+    while part.done < part.size and not stop.is_set():
+        before = part.received
+        error: Exception | None = None
+        try:
+            _get(part, url, headers, stop)
+        except Exception as e:
+            if not _is_network_error(e):
+                raise
+            error = e
+        fruitless = 0 if part.received > before else fruitless + 1
+        if fruitless > NETWORK_RETRIES:
+            if error is not None:
+                raise error
+            raise DownloadError(
+                f"the hub keeps stopping short while sending {url}; run the same command again "
+                "later to resume"
+            )
+        if error is not None:
+            time.sleep(1)
+
+
+def _get(part: _Partial, url: str, headers: dict[str, str], stop: threading.Event) -> None:
+    """One GET of the rest of the file (redirects to the CDN followed), appended to `part`."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import hf_raise_for_status, http_stream_backoff
+
+    if part.done:
+        headers = {**headers, "Range": f"bytes={part.done}-"}
+    with http_stream_backoff(
+        "GET",
+        url,
+        headers=headers,
+        timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT,
+        retry_on_exceptions=(),  # cut connections resume from part.done instead
+        retry_on_status_codes=(408, 429),
+    ) as r:
+        if r.status_code == 416 or (r.status_code == 206 and _range_start(r.headers) != part.done):
+            part.restart()  # the partial does not fit the server's file: start over
+            return
+        hf_raise_for_status(r)
+        if r.status_code == 200:
+            part.restart()  # no Range sent, or the server ignored it: this is the whole file
+        elif r.status_code != 206:
+            raise DownloadError(f"the hub answered {r.status_code} for {url}; try again later")
+        for chunk in r.iter_bytes():
+            part.write(chunk)
+            if stop.is_set():
+                return
+
+
+def _range_start(headers: Mapping[str, str]) -> int | None:
+    m = re.match(r"bytes (\d+)-", headers.get("Content-Range", ""))
+    return int(m.group(1)) if m else None
 
 
 def download(repo_id: str, *, revision: str | None = None, progress: bool = True) -> Path:
@@ -423,7 +627,7 @@ def download(repo_id: str, *, revision: str | None = None, progress: bool = True
 
 def _exit_interrupted(*_: object) -> None:
     print(
-        "gptoss: download interrupted; run the same command again to resume (finished files are kept)",
+        "gptoss: download interrupted; run the same command again to resume (what arrived is kept)",
         file=sys.stderr,
         flush=True,
     )
@@ -435,9 +639,10 @@ def _exit_interrupted(*_: object) -> None:
 def exit_on_interrupt() -> Iterator[None]:
     """Ctrl-C during a download exits at once.
 
-    snapshot_download's worker threads cannot be cancelled: after a KeyboardInterrupt the process
-    would wait for them to finish their files. A SIGINT handler that exits also fires while the
-    main thread is blocked joining them.
+    Download worker threads (ours and snapshot_download's) cannot be cancelled: after a
+    KeyboardInterrupt the process would wait for them to finish their files. A SIGINT handler that
+    exits also fires while the main thread is blocked joining them. Written data is already in the
+    kernel, so the partial files keep it.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -461,7 +666,7 @@ class _ProgressWatcher:
     def __init__(self, plan: DownloadPlan, interval: float = 0.2) -> None:
         self.plan = plan
         self.interval = interval
-        self.blobs = repo_cache_dir(plan.repo_id) / "blobs"
+        self.blobs = blobs_dir(plan.repo_id)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._progress = None
@@ -474,7 +679,11 @@ class _ProgressWatcher:
             return f.size
         best = 0
         if f.etag:
-            for p in self.blobs.glob(f"{f.etag}*.incomplete"):
+            partials = [
+                partial_path(self.plan.repo_id, f),
+                *self.blobs.glob(f"{f.etag}*.incomplete"),
+            ]
+            for p in partials:
                 with contextlib.suppress(OSError):
                     best = max(best, p.stat().st_size)
         return min(best, f.size)

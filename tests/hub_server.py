@@ -14,7 +14,8 @@ the redirect itself and drops the Authorization header for the download.
 
 Failure switches: a gated repo answers 401 (no token) or 403 (wrong token) with X-Error-Code
 GatedRepo; an unknown repo 404 RepoNotFound; `cut_once[file] = n` closes the connection after n
-bytes of that file once; `stall[file] = n` stops sending after n bytes until `release()`.
+bytes of that file once; `stall[file] = n` stops sending after n bytes until `release()`;
+`ignore_range = True` answers every Range request with 200 and the whole file, as some CDNs do.
 Every request is recorded in `requests` for assertions.
 """
 
@@ -132,6 +133,7 @@ class FakeHub:
         self.requests: list[Request] = []
         self.cut_once: dict[str, int] = {}
         self.stall: dict[str, int] = {}
+        self.ignore_range = False
         self._released = threading.Event()
         self._lock = threading.Lock()
         self._hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("hub"))
@@ -367,7 +369,7 @@ class FakeHub:
         self, h: BaseHTTPRequestHandler, method: str, f: RepoFile, headers: dict[str, str]
     ) -> None:
         data, start, status = f.data, 0, 200
-        rng = h.headers.get("Range")
+        rng = None if self.ignore_range else h.headers.get("Range")
         if rng:
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", rng.strip())
             if not m or int(m.group(1)) >= len(data):

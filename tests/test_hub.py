@@ -4,12 +4,13 @@ huggingface_hub client, running the real CLI in a subprocess."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
 
 import pytest
+
+from gptoss_mlx.hub import PARTIAL_SUFFIX
 
 from .hub_server import (
     FakeHub,
@@ -52,6 +53,15 @@ def one_error_line(stderr: str) -> str:
     assert len(lines) == 1, stderr
     assert lines[0].startswith("gptoss: error: "), stderr
     return lines[0].removeprefix("gptoss: error: ")
+
+
+def last_error_line(stderr: str) -> str:
+    """The one error line, last on stderr (after the non-terminal "Downloading ..." notice)."""
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("gptoss: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], stderr
+    return errors[0].removeprefix("gptoss: error: ")
 
 
 def loadable_files(source: Path) -> set[str]:
@@ -97,21 +107,18 @@ def test_second_download_transfers_nothing(hub, tmp_path):
 def test_cut_connection_resumes_with_a_range_request(hub, source, tmp_path):
     shard = _shards(source)[0]
     size = (source / shard).stat().st_size
-    # huggingface_hub writes in 10 MiB chunks and resumes from the last one written, so cut
-    # well past the first chunk.
     cut = 25 * 1024 * 1024
     assert size > cut
     hub.cut_once[shard] = cut
     r = run_cli(["download", "20b"], cli_env(tmp_path, hub))
     assert r.returncode == 0, r.stderr
-    gets = hub.file_requests(shard)
+    gets = _transfers(hub, shard)
     assert len(gets) == 2, [(g.range, g.status, g.sent) for g in gets]
     first, second = gets
     assert first.range is None and first.sent == cut
-    assert second.range is not None and second.status == 206
-    start = int(second.range.removeprefix("bytes=").rstrip("-"))
-    assert 0 < start <= cut
-    assert second.sent == size - start  # only the rest
+    # Every byte received is on disk, so the resume starts exactly where the cut was.
+    assert second.range == f"bytes={cut}-" and second.status == 206
+    assert second.sent == size - cut  # only the rest
     snap = snapshot_of(tmp_path, "openai/gpt-oss-20b")
     assert (snap / shard).read_bytes() == (source / shard).read_bytes()
 
@@ -128,49 +135,149 @@ def _blobs(home: Path, repo_id: str) -> Path:
     return home / "hf" / "hub" / ("models--" + repo_id.replace("/", "--")) / "blobs"
 
 
+def _transfers(hub: FakeHub, filename: str):
+    """The CDN GETs that carried an LFS file's bytes (the hub's GETs only redirect there)."""
+    return [r for r in hub.file_requests(filename) if r.server == "cdn"]
+
+
+def _partial(hub: FakeHub, home: Path, filename: str) -> Path:
+    sha = hub.repos["openai/gpt-oss-20b"].files[filename].sha256
+    return _blobs(home, "openai/gpt-oss-20b") / (sha + PARTIAL_SUFFIX)
+
+
 def _start_stalled_download(hub: FakeHub, source: Path, env: dict[str, str]):
     """Start `gptoss download 20b` with the last shard stalling halfway; wait until everything
-    else has arrived."""
+    else has arrived and the first half of that shard is on disk."""
     shards = _shards(source)
     assert len(shards) >= 2, "the tiny checkpoint should be sharded like the real one"
     stalled = shards[-1]
-    hub.stall[stalled] = (source / stalled).stat().st_size // 2
-    proc = popen_cli(["download", "20b"], env)
+    half = (source / stalled).stat().st_size // 2
+    hub.stall[stalled] = half
+    # A read timeout would resume the stalled shard by itself on a slow machine.
+    proc = popen_cli(["download", "20b"], {**env, "HF_HUB_DOWNLOAD_TIMEOUT": "600"})
     repo = hub.repos["openai/gpt-oss-20b"]
     done = [repo.files[s].sha256 for s in shards[:-1]]
     home = Path(env["HF_HOME"]).parent
+    partial = _partial(hub, home, stalled)
 
     def others_done() -> bool:
         return all((_blobs(home, "openai/gpt-oss-20b") / h).exists() for h in done)
 
-    def stalled_started() -> bool:
-        return any(r.sent > 0 for r in hub.file_requests(stalled))
+    def half_on_disk() -> bool:
+        return partial.exists() and partial.stat().st_size >= half
 
-    assert wait_for(lambda: others_done() and stalled_started(), timeout=60), proc.poll()
+    assert wait_for(lambda: others_done() and half_on_disk(), timeout=60), proc.poll()
     return proc, stalled
 
 
-def test_killed_download_keeps_finished_files_and_completes(hub, source, tmp_path):
-    env = cli_env(tmp_path, hub)
+def _interrupted_download(hub: FakeHub, source: Path, env: dict[str, str], sig: int) -> str:
+    """Stop a download with `sig` while its last shard is half there; return that shard."""
     proc, stalled = _start_stalled_download(hub, source, env)
-    proc.kill()
-    proc.wait(timeout=10)
-    hub.release()
+    proc.send_signal(sig)
+    try:
+        proc.communicate(timeout=15)
+    finally:
+        hub.release()
+    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
     hub.stall.clear()
-    blobs = _blobs(tmp_path, "openai/gpt-oss-20b")
-    partials = list(blobs.glob("*.incomplete"))
-    assert partials, "a killed download leaves its partial file"
-    for p in partials:  # as if the kill happened long ago
-        os.utime(p, (time.time() - 3600, time.time() - 3600))
     hub.requests.clear()
+    return stalled
 
-    r = run_cli(["download", "20b"], env)
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "ctrl-c"])
+def test_an_interrupted_download_resumes_where_it_stopped(hub, source, tmp_path, sig):
+    env = cli_env(tmp_path, hub)
+    stalled = _interrupted_download(hub, source, env, sig)
+    size = (source / stalled).stat().st_size
+    partial = _partial(hub, tmp_path, stalled)
+    assert partial.exists(), "the interrupted download keeps its partial file"
+    kept = partial.stat().st_size
+    assert kept == size // 2  # all the server sent
+
+    # Room is needed for the missing half and the small files (fetched after the weights), only.
+    small = loadable_files(source) - set(_shards(source)) - {"config.json"}
+    need = size - kept + sum((source / n).stat().st_size for n in small)
+    r = run_cli(["download", "20b"], {**env, "GPTOSS_FAKE_FREE_BYTES": str(need)})
     assert r.returncode == 0, r.stderr
-    refetched = {n for n in _shards(source) if hub.file_requests(n)}
-    assert refetched == {stalled}
+    [get] = _transfers(hub, stalled)
+    assert get.range == f"bytes={kept}-" and get.status == 206
+    assert hub.bytes_sent(stalled) == size - kept
+    assert {n for n in _shards(source) if hub.file_requests(n)} == {stalled}
     snap = snapshot_of(tmp_path, "openai/gpt-oss-20b")
     assert (snap / stalled).read_bytes() == (source / stalled).read_bytes()
-    assert not list(blobs.glob("*.incomplete")), "stale partial files are cleaned up"
+    blobs = _blobs(tmp_path, "openai/gpt-oss-20b")
+    assert not partial.exists() and not list(blobs.glob("*.incomplete"))
+
+
+def test_a_damaged_partial_file_is_caught_and_removed(hub, source, tmp_path):
+    env = cli_env(tmp_path, hub)
+    stalled = _interrupted_download(hub, source, env, signal.SIGKILL)
+    partial = _partial(hub, tmp_path, stalled)
+    data = bytearray(partial.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # same size, one byte flipped
+    partial.write_bytes(bytes(data))
+
+    r = run_cli(["download", "20b"], env)
+    assert r.returncode == 8
+    assert last_error_line(r.stderr) == (
+        f"the download of {stalled} from openai/gpt-oss-20b is damaged (its sha256 differs from "
+        "the hub's); deleted it: run the same command again to download it afresh"
+    )
+    assert not partial.exists()
+    assert [g.range for g in _transfers(hub, stalled)] == [f"bytes={len(data)}-"]
+
+    hub.requests.clear()
+    r = run_cli(["download", "20b"], env)
+    assert r.returncode == 0, r.stderr
+    assert [(g.range, g.sent) for g in _transfers(hub, stalled)] == [
+        (None, (source / stalled).stat().st_size)
+    ]
+    snap = snapshot_of(tmp_path, "openai/gpt-oss-20b")
+    assert (snap / stalled).read_bytes() == (source / stalled).read_bytes()
+
+
+def test_a_partial_file_longer_than_the_file_starts_over(hub, source, tmp_path):
+    env = cli_env(tmp_path, hub)
+    stalled = _interrupted_download(hub, source, env, signal.SIGKILL)
+    size = (source / stalled).stat().st_size
+    with _partial(hub, tmp_path, stalled).open("ab") as f:
+        f.write(b"\0" * size)
+    r = run_cli(["download", "20b"], env)
+    assert r.returncode == 0, r.stderr
+    assert [(g.range, g.sent) for g in _transfers(hub, stalled)] == [(None, size)]
+    snap = snapshot_of(tmp_path, "openai/gpt-oss-20b")
+    assert (snap / stalled).read_bytes() == (source / stalled).read_bytes()
+
+
+def test_a_server_that_ignores_range_still_gives_the_right_file(hub, source, tmp_path):
+    env = cli_env(tmp_path, hub)
+    stalled = _interrupted_download(hub, source, env, signal.SIGKILL)
+    hub.ignore_range = True
+    r = run_cli(["download", "20b"], env)
+    assert r.returncode == 0, r.stderr
+    size = (source / stalled).stat().st_size
+    [get] = _transfers(hub, stalled)
+    assert get.range == f"bytes={size // 2}-" and get.status == 200 and get.sent == size
+    snap = snapshot_of(tmp_path, "openai/gpt-oss-20b")
+    assert (snap / stalled).read_bytes() == (source / stalled).read_bytes()
+
+
+def test_a_second_download_of_the_same_file_at_once_is_refused(hub, source, tmp_path):
+    env = cli_env(tmp_path, hub)
+    proc, stalled = _start_stalled_download(hub, source, env)
+    try:
+        r = run_cli(["download", "20b"], env)
+        partial_size = _partial(hub, tmp_path, stalled).stat().st_size
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        hub.release()
+    assert r.returncode == 8
+    assert last_error_line(r.stderr) == (
+        f"another download of openai/gpt-oss-20b is writing {stalled}; let it finish (or stop it) "
+        "and run the same command again"
+    )
+    assert partial_size == (source / stalled).stat().st_size // 2  # left alone
 
 
 def test_ctrl_c_stops_the_download_at_once(hub, source, tmp_path):
