@@ -268,7 +268,8 @@ def visible_messages(messages: Sequence[Message]) -> list[Message]:
     ]
 
 
-def _to_harmony(message: Message) -> oh.Message:
+def to_harmony(message: Message) -> oh.Message:
+    """The openai-harmony message for one of ours."""
     return oh.Message(
         author=oh.Author(role=oh.Role(message.role), name=message.name),
         content=[oh.TextContent(text=message.content)],
@@ -278,7 +279,8 @@ def _to_harmony(message: Message) -> oh.Message:
     )
 
 
-def _header_messages(options: PromptOptions) -> list[oh.Message]:
+def header_messages(options: PromptOptions) -> list[oh.Message]:
+    """The system message and, with instructions or tools, the developer message."""
     system = (
         oh.SystemContent.new()
         .with_reasoning_effort(_EFFORT[options.effort])
@@ -304,8 +306,8 @@ def _header_messages(options: PromptOptions) -> list[oh.Message]:
 
 
 def _harmony_conversation(messages: Sequence[Message], options: PromptOptions) -> oh.Conversation:
-    shown = [_to_harmony(m) for m in visible_messages(messages)]
-    return oh.Conversation.from_messages(_header_messages(options) + shown)
+    shown = [to_harmony(m) for m in visible_messages(messages)]
+    return oh.Conversation.from_messages(header_messages(options) + shown)
 
 
 def render_prompt(
@@ -333,7 +335,7 @@ def render_history(
 
 def render_messages(messages: Sequence[Message], encoding: oh.HarmonyEncoding) -> list[int]:
     """The messages exactly as given (no system header, nothing dropped), token-exact."""
-    conversation = oh.Conversation.from_messages([_to_harmony(m) for m in messages])
+    conversation = oh.Conversation.from_messages([to_harmony(m) for m in messages])
     return encoding.render_conversation(conversation, _NO_AUTO_DROP)
 
 

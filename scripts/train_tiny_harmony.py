@@ -53,7 +53,9 @@ from gptoss_mlx.harmony import (
     Message,
     PromptOptions,
     ToolSpec,
+    header_messages,
     load_encoding,
+    to_harmony,
     tool_result,
 )
 from gptoss_mlx.loader import load_model
@@ -221,46 +223,13 @@ def _sample_variant(rng: random.Random) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- rendering
 
-_EFFORT = {
-    "low": oh.ReasoningEffort.LOW,
-    "medium": oh.ReasoningEffort.MEDIUM,
-    "high": oh.ReasoningEffort.HIGH,
-}
-
-
-def _harmony_message(m: Message) -> oh.Message:
-    return oh.Message(
-        author=oh.Author(role=oh.Role(m.role), name=m.name),
-        content=[oh.TextContent(text=m.content)],
-        channel=m.channel,
-        recipient=m.recipient,
-        content_type=m.content_type,
-    )
-
-
 def render_prompt(
     enc: oh.HarmonyEncoding, messages: Sequence[Message], options: PromptOptions
 ) -> list[int]:
     """The completion prompt, built and rendered by openai-harmony alone (its default config drops
     the analysis of finished turns)."""
-    system = (
-        oh.SystemContent.new()
-        .with_reasoning_effort(_EFFORT[options.effort])
-        .with_knowledge_cutoff(options.knowledge_cutoff)
-    )
-    if options.date:
-        system = system.with_conversation_start_date(options.date)
-    header = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system)]
-    if options.instructions or options.tools:
-        developer = oh.DeveloperContent.new()
-        if options.instructions:
-            developer = developer.with_instructions(options.instructions)
-        if options.tools:
-            developer = developer.with_function_tools(
-                [oh.ToolDescription.new(t.name, t.description, t.parameters) for t in options.tools]
-            )
-        header.append(oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer))
-    conversation = oh.Conversation.from_messages(header + [_harmony_message(m) for m in messages])
+    header = header_messages(options)
+    conversation = oh.Conversation.from_messages(header + [to_harmony(m) for m in messages])
     return enc.render_conversation_for_completion(conversation, oh.Role.ASSISTANT)
 
 
@@ -279,7 +248,7 @@ def render_reply(enc: oh.HarmonyEncoding, reply: Sequence[Message]) -> list[int]
             header += f" {m.content_type}"
         body = enc.encode(header + "<|message|>", allowed_special="all")
         body += enc.encode(m.content, disallowed_special=())
-        if not m.recipient and body != enc.render(_harmony_message(m))[2:-1]:
+        if not m.recipient and body != enc.render(to_harmony(m))[2:-1]:
             raise RuntimeError(f"{m} renders differently in openai-harmony")
         last = i == len(reply) - 1
         tokens += body + [CALL if m.recipient else RETURN if last else END]
@@ -385,6 +354,8 @@ class Student(nn.Module):
         super().__init__()
         self._in_vocab, self._out_vocab = list(in_vocab), list(out_vocab)
         model.set_fast_path(False)  # the C kernels of the CPU fast path have no gradients
+        # Train in float32 throughout: for that path the loader keeps dense weights bf16.
+        model.apply(lambda a: a.astype(mx.float32) if mx.issubdtype(a.dtype, mx.floating) else a)
         for layer in model.layers:
             layer.mlp.__class__ = _RouteWithoutIndexGrad
         model.model.embed_tokens = _PartlyTrainedEmbedding(
