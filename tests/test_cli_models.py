@@ -126,7 +126,9 @@ def test_info(home, tiny_checkpoint):
     assert d["format"] == "HF MXFP4" and d["quantization"] == "mxfp4 experts, bf16 rest"
     assert d["activation_dtype"] == "float32"  # the CPU backend
     assert d["memory_kv_cache"] == memory.kv_cache_bytes(cfg, 4096, 4)
-    assert d["memory_weights"] == memory.weights_bytes(tiny_checkpoint, 4)
+    assert d["memory_weights"] == memory.weights_bytes(
+        tiny_checkpoint, 4, keep_dense_stored=memory.keeps_dense_stored(4)
+    )
     assert d["memory_total"] == d["memory_weights"] + d["memory_kv_cache"] + d["memory_overhead"]
     assert d["path"] == str(home / "gptoss" / "models" / "gpt-oss-20b-mlx")  # converted wins
 
