@@ -22,6 +22,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"gptoss {__version__}")
@@ -30,7 +31,12 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Show the version.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Show the version."
+        ),
+    ] = False,
 ) -> None:
     """Run OpenAI's gpt-oss models locally with MLX."""
 
@@ -73,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
             return e.exit_code
         if debug:
             raise
-        print(f"gptoss: internal error: {type(e).__name__}: {e} (set GPTOSS_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"gptoss: internal error: {type(e).__name__}: {e} (set GPTOSS_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 70
     return 0

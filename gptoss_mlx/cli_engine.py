@@ -15,13 +15,24 @@ EXIT_CODES_HELP = (
 
 
 def convert_cmd(
-    src: Annotated[Path, typer.Argument(help="Hugging Face gpt-oss checkpoint directory (as downloaded).")],
+    src: Annotated[
+        Path, typer.Argument(help="Hugging Face gpt-oss checkpoint directory (as downloaded).")
+    ],
     dst: Annotated[Path, typer.Argument(help="Output MLX model directory.")],
-    experts: Annotated[str, typer.Option(help="Experts: mxfp4 (original values, lossless) or q4 (MLX affine 4-bit).")] = "mxfp4",
-    group_size: Annotated[int, typer.Option("--group-size", help="Group size for --experts q4: 32 or 64.")] = 32,
-    rest: Annotated[str, typer.Option(help="Non-expert weights: bf16 or q8 (8-bit affine).")] = "bf16",
+    experts: Annotated[
+        str,
+        typer.Option(help="Experts: mxfp4 (original values, lossless) or q4 (MLX affine 4-bit)."),
+    ] = "mxfp4",
+    group_size: Annotated[
+        int, typer.Option("--group-size", help="Group size for --experts q4: 32 or 64.")
+    ] = 32,
+    rest: Annotated[
+        str, typer.Option(help="Non-expert weights: bf16 or q8 (8-bit affine).")
+    ] = "bf16",
     force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip checking the output against the source.")] = False,
+    no_verify: Annotated[
+        bool, typer.Option("--no-verify", help="Skip checking the output against the source.")
+    ] = False,
 ) -> None:
     """Convert a Hugging Face gpt-oss checkpoint to an MLX model directory (streams tensor by tensor)."""
     from .convert import convert

@@ -36,13 +36,19 @@ def read_prompt(prompt: str | None, stdin: Any = None) -> str:
     stdin = stdin if stdin is not None else sys.stdin
     piped = None
     if prompt == "-" or (stdin is not None and not stdin.isatty()):
-        raw = stdin.buffer.read(MAX_STDIN_BYTES + 1) if hasattr(stdin, "buffer") else stdin.read().encode()
+        raw = (
+            stdin.buffer.read(MAX_STDIN_BYTES + 1)
+            if hasattr(stdin, "buffer")
+            else stdin.read().encode()
+        )
         if len(raw) > MAX_STDIN_BYTES:
             raise UserError("input on stdin is larger than 64 MiB; pass a smaller file")
         try:
             piped = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            raise UserError(f"input on stdin is not UTF-8 text (bad byte at offset {e.start}); convert it first (e.g. iconv)") from e
+            raise UserError(
+                f"input on stdin is not UTF-8 text (bad byte at offset {e.start}); convert it first (e.g. iconv)"
+            ) from e
         if prompt == "-":
             prompt = None
     text = (prompt or "").strip()
@@ -51,7 +57,9 @@ def read_prompt(prompt: str | None, stdin: Any = None) -> str:
         return f"{text}\n\n{material}"
     if text or material:
         return text or material
-    raise UserError('no prompt: pass one as an argument (gptoss run "...") or on stdin (echo ... | gptoss run)')
+    raise UserError(
+        'no prompt: pass one as an argument (gptoss run "...") or on stdin (echo ... | gptoss run)'
+    )
 
 
 def read_tools(path: Path) -> list[Any]:
@@ -65,12 +73,20 @@ def read_tools(path: Path) -> list[Any]:
     except OSError as e:
         raise UserError(f"cannot read --tools file {path}: {e.strerror}") from e
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f'--tools file {path} is not a JSON list of {{"name", "description", "parameters"}} objects ({e})') from e
+        raise UserError(
+            f'--tools file {path} is not a JSON list of {{"name", "description", "parameters"}} objects ({e})'
+        ) from e
     return specs
 
 
 def run_cmd(
-    prompt: Annotated[str | None, typer.Argument(help='The prompt; "-" or none reads stdin. With both, stdin is the material and the argument the instruction.', show_default=False)] = None,
+    prompt: Annotated[
+        str | None,
+        typer.Argument(
+            help='The prompt; "-" or none reads stdin. With both, stdin is the material and the argument the instruction.',
+            show_default=False,
+        ),
+    ] = None,
     model: ModelOpt = None,
     effort: EffortOpt = None,
     instructions: InstructionsOpt = None,
@@ -84,22 +100,52 @@ def run_cmd(
     dtype: DtypeOpt = None,
     yes: YesOpt = False,
     force: ForceOpt = False,
-    show_reasoning: Annotated[bool, typer.Option("--show-reasoning", help="Stream the reasoning (analysis) to stderr.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: final, reasoning, tool calls, usage, timings.")] = False,
-    show_prompt: Annotated[bool, typer.Option("--show-prompt", help="Print the rendered harmony prompt and exit.")] = False,
-    tools: Annotated[Path | None, typer.Option("--tools", help='JSON file of function tools the model may call: [{"name", "description", "parameters": JSON schema}]. Calls are reported in --json.', show_default=False)] = None,
+    show_reasoning: Annotated[
+        bool, typer.Option("--show-reasoning", help="Stream the reasoning (analysis) to stderr.")
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json", help="Print one JSON object: final, reasoning, tool calls, usage, timings."
+        ),
+    ] = False,
+    show_prompt: Annotated[
+        bool, typer.Option("--show-prompt", help="Print the rendered harmony prompt and exit.")
+    ] = False,
+    tools: Annotated[
+        Path | None,
+        typer.Option(
+            "--tools",
+            help='JSON file of function tools the model may call: [{"name", "description", "parameters": JSON schema}]. Calls are reported in --json.',
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Answer one prompt and exit. Only the final answer goes to stdout."""
     settings = settings_from(
-        model=model, effort=effort, instructions=instructions, temperature=temperature, top_p=top_p,
-        top_k=top_k, min_p=min_p, seed=seed, max_tokens=max_tokens, context=context, dtype=dtype,
-        yes=yes, force=force,
+        model=model,
+        effort=effort,
+        instructions=instructions,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        min_p=min_p,
+        seed=seed,
+        max_tokens=max_tokens,
+        context=context,
+        dtype=dtype,
+        yes=yes,
+        force=force,
     )
     text = read_prompt(prompt)
     specs = read_tools(tools) if tools else []
     from .engine import open_session
 
-    session = open_session(settings, interactive=sys.stdin.isatty() and sys.stderr.isatty(), for_prompt_only=show_prompt)
+    session = open_session(
+        settings,
+        interactive=sys.stdin.isatty() and sys.stderr.isatty(),
+        for_prompt_only=show_prompt,
+    )
     session.settings.tools = specs
     if show_prompt:
         from . import harmony
@@ -153,7 +199,9 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
             out.write("\n")
         out.flush()
         if result.finish_reason == "length":
-            err.write(f"gptoss: the reply was cut at --max-tokens ({result.stats.generated_tokens} tokens)\n")
+            err.write(
+                f"gptoss: the reply was cut at --max-tokens ({result.stats.generated_tokens} tokens)\n"
+            )
         elif result.finish_reason == "context_full":
             err.write("gptoss: the reply was cut: the context is full (raise --context)\n")
         elif result.finish_reason == "tool_call":
@@ -169,7 +217,12 @@ def result_json(session: Any, result: Any) -> dict[str, Any]:
         "final": result.final,
         "reasoning": result.reasoning,
         "tool_calls": [
-            {"recipient": c.recipient, "arguments": c.arguments, "channel": c.channel, "content_type": c.content_type}
+            {
+                "recipient": c.recipient,
+                "arguments": c.arguments,
+                "channel": c.channel,
+                "content_type": c.content_type,
+            }
             for c in result.tool_calls
         ],
         "finish_reason": s.finish_reason,

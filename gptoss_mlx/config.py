@@ -58,7 +58,9 @@ class ModelConfig:
             num_key_value_heads=int(d["num_key_value_heads"]),
             head_dim=int(d.get("head_dim") or d["hidden_size"] // d["num_attention_heads"]),
             num_local_experts=int(d["num_local_experts"]),
-            num_experts_per_tok=int(d.get("num_experts_per_tok") or d.get("experts_per_token") or 4),
+            num_experts_per_tok=int(
+                d.get("num_experts_per_tok") or d.get("experts_per_token") or 4
+            ),
             vocab_size=int(d["vocab_size"]),
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
             sliding_window=int(d.get("sliding_window") or 128),
@@ -87,7 +89,9 @@ class ModelConfig:
         try:
             d = json.loads(cfg_file.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise BadCheckpointError(f"{cfg_file} is not valid JSON ({e}); re-download or re-convert the model") from e
+            raise BadCheckpointError(
+                f"{cfg_file} is not valid JSON ({e}); re-download or re-convert the model"
+            ) from e
         return cls.from_dict(d)
 
     @property
@@ -115,7 +119,9 @@ class ModelConfig:
         per_layer = attn + experts + router + norms
         embed = self.vocab_size * h
         total = self.num_hidden_layers * per_layer + 2 * embed + h
-        active = total - self.num_hidden_layers * (e - self.num_experts_per_tok) * (h * 2 * i + 2 * i + i * h + h)
+        active = total - self.num_hidden_layers * (e - self.num_experts_per_tok) * (
+            h * 2 * i + 2 * i + i * h + h
+        )
         return {
             "total": total,
             "active": active,

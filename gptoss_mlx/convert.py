@@ -72,13 +72,17 @@ def _bf16(a: np.ndarray) -> tuple[np.ndarray, str]:
     return f32_to_bf16_bits(a), "BF16"
 
 
-def _quantize_rows(w: np.ndarray, q: dict[str, Any], rows: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _quantize_rows(
+    w: np.ndarray, q: dict[str, Any], rows: int = 8192
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """MLX affine quantization of a float matrix, a block of rows at a time (bf16 scales/biases)."""
     import mlx.core as mx
 
     for start in range(0, w.shape[0], rows):
         block = mx.array(np.asarray(w[start : start + rows], dtype=np.float32)).astype(mx.bfloat16)
-        wq, scales, biases = mx.quantize(block, group_size=q["group_size"], bits=q["bits"], mode="affine")
+        wq, scales, biases = mx.quantize(
+            block, group_size=q["group_size"], bits=q["bits"], mode="affine"
+        )
         mx.eval(wq, scales, biases)
         yield (
             np.array(wq),
@@ -88,8 +92,15 @@ def _quantize_rows(w: np.ndarray, q: dict[str, Any], rows: int = 8192) -> Iterat
 
 
 class _Converter:
-    def __init__(self, ckpt: ShardedCheckpoint, writer: ShardWriter, experts: str, group_size: int, rest: str,
-                 tick: Callable[[int], None]):
+    def __init__(
+        self,
+        ckpt: ShardedCheckpoint,
+        writer: ShardWriter,
+        experts: str,
+        group_size: int,
+        rest: str,
+        tick: Callable[[int], None],
+    ):
         self.ckpt, self.writer = ckpt, writer
         self.experts, self.group_size, self.rest = experts, group_size, rest
         self.tick = tick
@@ -131,9 +142,15 @@ class _Converter:
         w = self.float32(name)
         path = name[: -len(".weight")]
         parts = list(_quantize_rows(w, Q8))
-        self.writer.add_chunks(f"{path}.weight", (w.shape[0], w.shape[1] * 8 // 32), "U32", (p[0] for p in parts))
-        self.writer.add_chunks(f"{path}.scales", (w.shape[0], w.shape[1] // 64), "BF16", (p[1] for p in parts))
-        self.writer.add_chunks(f"{path}.biases", (w.shape[0], w.shape[1] // 64), "BF16", (p[2] for p in parts))
+        self.writer.add_chunks(
+            f"{path}.weight", (w.shape[0], w.shape[1] * 8 // 32), "U32", (p[0] for p in parts)
+        )
+        self.writer.add_chunks(
+            f"{path}.scales", (w.shape[0], w.shape[1] // 64), "BF16", (p[1] for p in parts)
+        )
+        self.writer.add_chunks(
+            f"{path}.biases", (w.shape[0], w.shape[1] // 64), "BF16", (p[2] for p in parts)
+        )
         self.quantized[path] = dict(Q8)
 
     def experts_unit(self, prefix: str, proj: str) -> None:
@@ -177,12 +194,16 @@ class _Converter:
                 yield np.array(wq)
 
         groups = in_dims // self.group_size
-        self.writer.add_chunks(f"{path}.weight", (n_experts, out_dims, in_dims // 8), "U32", weights())
+        self.writer.add_chunks(
+            f"{path}.weight", (n_experts, out_dims, in_dims // 8), "U32", weights()
+        )
         self.writer.add_chunks(f"{path}.scales", (n_experts, out_dims, groups), "BF16", sc)
         self.writer.add_chunks(f"{path}.biases", (n_experts, out_dims, groups), "BF16", bi)
 
 
-def output_config(src_config: dict[str, Any], experts: str, group_size: int, quantized: dict[str, dict]) -> dict[str, Any]:
+def output_config(
+    src_config: dict[str, Any], experts: str, group_size: int, quantized: dict[str, dict]
+) -> dict[str, Any]:
     cfg = dict(src_config)
     cfg.pop("quantization_config", None)
     if experts == "mxfp4":
@@ -247,7 +268,13 @@ def convert(
             TimeRemainingColumn,
         )
 
-        bar = Progress(TextColumn("converting"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), transient=True)
+        bar = Progress(
+            TextColumn("converting"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         task = bar.add_task("convert", total=total)
         bar.start()
 
@@ -266,7 +293,9 @@ def convert(
                 writer.abort()
                 raise
             report.bytes_written = sum(f.stat().st_size for f in files)
-            report.tensors = len(json.loads((tmp / "model.safetensors.index.json").read_text())["weight_map"])
+            report.tensors = len(
+                json.loads((tmp / "model.safetensors.index.json").read_text())["weight_map"]
+            )
             cfg_out = output_config(cfg.raw, experts, group_size, conv.quantized)
             (tmp / "config.json").write_text(json.dumps(cfg_out, indent=2) + "\n")
             for name in COPY_FILES:
@@ -276,10 +305,14 @@ def convert(
                 report.q4_rel_rms_error = (conv.err_sq / conv.ref_sq) ** 0.5
                 report.q4_max_abs_error = conv.max_abs
             if verify:
-                report.verify = verify_conversion(src, tmp, lossless=(experts == "mxfp4" and rest == "bf16"))
+                report.verify = verify_conversion(
+                    src, tmp, lossless=(experts == "mxfp4" and rest == "bf16")
+                )
     except OSError as e:
         if e.errno == errno.ENOSPC:
-            raise NotEnoughDiskError(f"disk full while writing {dst}; nothing was left behind. Free space and retry") from e
+            raise NotEnoughDiskError(
+                f"disk full while writing {dst}; nothing was left behind. Free space and retry"
+            ) from e
         raise
     finally:
         if bar is not None:
@@ -316,7 +349,9 @@ def verify_conversion(src: Path, dst: Path, *, lossless: bool, tokens: int = 8) 
     rel = float(np.abs(a - b).max() / np.abs(a).max())
     agree = float((a.argmax(-1) == b.argmax(-1)).mean())
     if lossless and rel > 1e-5:
-        raise BadCheckpointError(f"verification failed: logits differ from the source (rel. error {rel:.2e})")
+        raise BadCheckpointError(
+            f"verification failed: logits differ from the source (rel. error {rel:.2e})"
+        )
     out.update(logits_rel_err=rel, argmax_agreement=agree)
     return out
 
@@ -334,9 +369,13 @@ def check_tensors(src: Path, dst: Path, *, lossless: bool) -> None:
             if m is None:
                 if name in b and b.info(name).dtype == a.info(name).dtype:
                     if not np.array_equal(a.get_numpy(name), b.get_numpy(name)):
-                        raise BadCheckpointError(f"verification failed: {name} differs after conversion")
+                        raise BadCheckpointError(
+                            f"verification failed: {name} differs after conversion"
+                        )
                 elif f"{name[: -len('.weight')]}.scales" not in b:
-                    raise BadCheckpointError(f"verification failed: {name} is missing from the output")
+                    raise BadCheckpointError(
+                        f"verification failed: {name} is missing from the output"
+                    )
                 continue
             prefix, proj, part = m.groups()
             if part != "blocks":
@@ -350,7 +389,13 @@ def check_tensors(src: Path, dst: Path, *, lossless: bool) -> None:
                     ref = dequantize_mxfp4(blocks[e, rows], scales[e, rows])
                     if cfg.get("mode") == "mxfp4":
                         got = np.array(
-                            mx.dequantize(mx.array(np.array(w[e])), mx.array(np.array(s[e])), group_size=32, bits=4, mode="mxfp4").astype(mx.float32)
+                            mx.dequantize(
+                                mx.array(np.array(w[e])),
+                                mx.array(np.array(s[e])),
+                                group_size=32,
+                                bits=4,
+                                mode="mxfp4",
+                            ).astype(mx.float32)
                         )
                         ok = np.array_equal(got, ref)
                     else:
@@ -368,7 +413,9 @@ def check_tensors(src: Path, dst: Path, *, lossless: bool) -> None:
                         span = np.ptp(ref.reshape(ref.shape[0], -1, q["group_size"]), axis=-1).max()
                         ok = np.abs(got - ref).max() <= span / 15 + 1e-2 * span
                     if not ok:
-                        raise BadCheckpointError(f"verification failed: {prefix}.{out} expert {e} does not match the source")
+                        raise BadCheckpointError(
+                            f"verification failed: {prefix}.{out} expert {e} does not match the source"
+                        )
     finally:
         a.close()
         b.close()

@@ -616,7 +616,9 @@ class ReplyParser:
             self._header.append(token)
             # Wait for whole UTF-8 characters, but not forever: bad bytes may never complete.
             n = len(self._header)
-            if n > _MAX_HEADER_TOKENS and (self._decodes(self._header) or n > _MAX_HEADER_TOKENS + 8):
+            if n > _MAX_HEADER_TOKENS and (
+                self._decodes(self._header) or n > _MAX_HEADER_TOKENS + 8
+            ):
                 self._warn("header too long: treating it as content")
                 self._open_message(self._header, events, separate=False)
                 self._header = []

@@ -82,7 +82,11 @@ class Attention(nn.Module):
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
         self.head_dim = cfg.head_dim
-        h, q, kv = cfg.hidden_size, cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
+        h, q, kv = (
+            cfg.hidden_size,
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+        )
         self.q_proj = nn.Linear(h, q, bias=True)
         self.k_proj = nn.Linear(h, kv, bias=True)
         self.v_proj = nn.Linear(h, kv, bias=True)
@@ -97,9 +101,15 @@ class Attention(nn.Module):
     def _proj(self, linear: nn.Module, x: mx.array) -> mx.array:
         return self._fast.linear(linear, x) if self._fast is not None else linear(x)
 
-    def __call__(self, x: mx.array, mask: Any, cache: FullKVCache | WindowKVCache | None) -> mx.array:
+    def __call__(
+        self, x: mx.array, mask: Any, cache: FullKVCache | WindowKVCache | None
+    ) -> mx.array:
         B, L, _ = x.shape
-        q = self._proj(self.q_proj, x).reshape(B, L, self.n_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = (
+            self._proj(self.q_proj, x)
+            .reshape(B, L, self.n_heads, self.head_dim)
+            .transpose(0, 2, 1, 3)
+        )
         k = self._proj(self.k_proj, x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
         v = self._proj(self.v_proj, x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
@@ -126,7 +136,9 @@ def _swiglu(gate: mx.array, up: mx.array, alpha: mx.array, limit: mx.array) -> m
 class SwitchLinear(nn.Module):
     """Per-expert linear layer on quantized weights (mxfp4 or affine), with a float bias."""
 
-    def __init__(self, in_dims: int, out_dims: int, n_experts: int, group_size: int, bits: int, mode: str):
+    def __init__(
+        self, in_dims: int, out_dims: int, n_experts: int, group_size: int, bits: int, mode: str
+    ):
         super().__init__()
         self.group_size, self.bits, self.mode = group_size, bits, mode
         self.weight = mx.zeros((n_experts, out_dims, in_dims * bits // 32), dtype=mx.uint32)
@@ -318,18 +330,25 @@ class Model(nn.Module):
         window = self.config.sliding_window
         masks: dict[str, Any] = {}
         for layer, kind, c in zip(
-            self.model.layers, self.config.layer_types, cache or [None] * len(self.layers), strict=True
+            self.model.layers,
+            self.config.layer_types,
+            cache or [None] * len(self.layers),
+            strict=True,
         ):
             if kind not in masks:
                 if kind == "full_attention":
                     masks[kind] = "causal" if L > 1 else None
                 else:
                     cached = c.cached_len if c is not None else 0
-                    masks[kind] = None if (L == 1 and cached < window) else _window_mask(L, cached, window)
+                    masks[kind] = (
+                        None if (L == 1 and cached < window) else _window_mask(L, cached, window)
+                    )
             x = layer(x, masks[kind], c)
         return self.model.norm(x)
 
-    def __call__(self, tokens: mx.array, cache: list | None = None, last_only: bool = False) -> mx.array:
+    def __call__(
+        self, tokens: mx.array, cache: list | None = None, last_only: bool = False
+    ) -> mx.array:
         """tokens [B, L] -> logits [B, L, vocab] (or [B, 1, vocab] with last_only)."""
         h = self.hidden(tokens, cache)
         if last_only:

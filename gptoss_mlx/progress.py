@@ -30,8 +30,12 @@ class PrefillProgress:
             )
 
             self._bar = Progress(
-                TextColumn("reading prompt"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                console=Console(stderr=True), transient=True,
+                TextColumn("reading prompt"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
             )
             self._task = self._bar.add_task("prefill", total=total)
             self._bar.start()
@@ -44,5 +48,10 @@ class PrefillProgress:
             self._bar.stop()
             self._bar = None
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()

@@ -64,7 +64,9 @@ class _Snapshot:
 
 
 class ChatSession:
-    def __init__(self, model: Any, tokenizer: Any, encoding: Any, settings: SessionSettings | None = None):
+    def __init__(
+        self, model: Any, tokenizer: Any, encoding: Any, settings: SessionSettings | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.encoding = encoding
@@ -108,7 +110,9 @@ class ChatSession:
     # ---- prompts ---------------------------------------------------------------------------
     def prompt_tokens(self, messages: list[harmony.Message] | None = None) -> list[int]:
         return harmony.render_prompt(
-            self.messages if messages is None else messages, self.settings.prompt_options(), self.encoding
+            self.messages if messages is None else messages,
+            self.settings.prompt_options(),
+            self.encoding,
         )
 
     def context_used(self) -> int:
@@ -120,7 +124,9 @@ class ChatSession:
         room = limit - len(prompt)
         need = self.settings.max_tokens or 1
         if room < need:
-            what = f"{len(prompt)} prompt tokens" + (f" + {need} --max-tokens" if self.settings.max_tokens else "")
+            what = f"{len(prompt)} prompt tokens" + (
+                f" + {need} --max-tokens" if self.settings.max_tokens else ""
+            )
             raise ContextFullError(
                 f"context full: {what} exceed the {limit}-token context; "
                 "/undo or /reset to make room, or use a larger --context"
@@ -137,7 +143,11 @@ class ChatSession:
             common += 1
         if common == len(self.cached_tokens) and common < len(prompt):
             return common, None
-        usable = [s for s in self._snapshots if s.offset <= common and (s.offset < len(prompt) or s.logits is not None)]
+        usable = [
+            s
+            for s in self._snapshots
+            if s.offset <= common and (s.offset < len(prompt) or s.logits is not None)
+        ]
         best = max(usable, key=lambda s: s.offset, default=None)
         if best is None:
             self.cache = self.model.make_cache()
@@ -260,11 +270,17 @@ class ChatSession:
         self.messages.extend(msgs)
         self.turns += 1
 
-    def turn(self, text: str, on_event: Callable[[harmony.Event], None] | None = None) -> TurnResult:
+    def turn(
+        self, text: str, on_event: Callable[[harmony.Event], None] | None = None
+    ) -> TurnResult:
         """Convenience: run a whole turn, collecting the reply."""
         return self.collect(self.send(text), on_event)
 
-    def collect(self, events: Iterator[harmony.Event], on_event: Callable[[harmony.Event], None] | None = None) -> TurnResult:
+    def collect(
+        self,
+        events: Iterator[harmony.Event],
+        on_event: Callable[[harmony.Event], None] | None = None,
+    ) -> TurnResult:
         """Run an event stream to its end. Ctrl-C stops the reply; what was written is kept
         (marked interrupted) and returned with finish_reason "interrupted"."""
         before = len(self.messages)

@@ -16,8 +16,12 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-EXPERT_RE = re.compile(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)_(blocks|scales|bias)$")
-MLX_EXPERT_RE = re.compile(r"^model\.layers\.\d+\.mlp\.experts\.(gate|up|down)_proj\.(weight|scales|biases|bias)$")
+EXPERT_RE = re.compile(
+    r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)_(blocks|scales|bias)$"
+)
+MLX_EXPERT_RE = re.compile(
+    r"^model\.layers\.\d+\.mlp\.experts\.(gate|up|down)_proj\.(weight|scales|biases|bias)$"
+)
 ROUTER_RE = re.compile(r"^model\.layers\.\d+\.mlp\.router$")
 
 
@@ -76,7 +80,9 @@ def hf_to_mlx(name: str, value: Any) -> Iterator[tuple[str, Any]]:
         yield f"{prefix}.up_proj.{suffix}", _contiguous(value[..., 1::2, :])
 
 
-def infer_quant(weight_shape: tuple[int, ...], scales_shape: tuple[int, ...], in_dims: int, scales_dtype: str) -> dict[str, Any]:
+def infer_quant(
+    weight_shape: tuple[int, ...], scales_shape: tuple[int, ...], in_dims: int, scales_dtype: str
+) -> dict[str, Any]:
     """Bits, group size and mode of a packed matrix, from its shapes and the scales' dtype.
 
     Same rule as mlx-lm: only affine keeps float scales; the microscaling modes (uint8 scales)
@@ -90,9 +96,15 @@ def infer_quant(weight_shape: tuple[int, ...], scales_shape: tuple[int, ...], in
     if (bits, group_size) not in modes:
         from .errors import BadCheckpointError
 
-        raise BadCheckpointError(f"cannot tell the quantization of {bits}-bit weights with group size {group_size}")
+        raise BadCheckpointError(
+            f"cannot tell the quantization of {bits}-bit weights with group size {group_size}"
+        )
     return {"group_size": group_size, "bits": bits, "mode": modes[(bits, group_size)]}
 
 
 def expert_paths(n_layers: int) -> list[str]:
-    return [f"model.layers.{i}.mlp.experts.{p}_proj" for i in range(n_layers) for p in ("gate", "up", "down")]
+    return [
+        f"model.layers.{i}.mlp.experts.{p}_proj"
+        for i in range(n_layers)
+        for p in ("gate", "up", "down")
+    ]

@@ -29,17 +29,27 @@ def wall(cmd: list[str], rounds: int) -> float:
     times = []
     for _ in range(rounds):
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, capture_output=True, stdin=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        subprocess.run(
+            cmd,
+            check=True,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def turn_ttft(model_dir: Path, turns: int = 10, history_tokens: int = 2000) -> tuple[float, float, int]:
+def turn_ttft(
+    model_dir: Path, turns: int = 10, history_tokens: int = 2000
+) -> tuple[float, float, int]:
     """TTFT of turn 1 and of turn `turns` after ~history_tokens of conversation."""
     from gptoss_mlx.engine import open_session
     from gptoss_mlx.settings import resolve
 
-    s = open_session(resolve({"temperature": 0, "max_tokens": 8}), interactive=False, path=model_dir)
+    s = open_session(
+        resolve({"temperature": 0, "max_tokens": 8}), interactive=False, path=model_dir
+    )
     filler = "Here is some context about the project that the user pastes into the chat. " * 12
     s.turn("Warm-up: " + filler)  # first-call costs (kernel set-up) are not the turn's
     s.reset()
@@ -56,9 +66,13 @@ def turn_ttft(model_dir: Path, turns: int = 10, history_tokens: int = 2000) -> t
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--model", type=Path, help="model dir (default: the tiny test checkpoint, built if needed)")
+    ap.add_argument(
+        "--model", type=Path, help="model dir (default: the tiny test checkpoint, built if needed)"
+    )
     ap.add_argument("--ttft-model", type=Path, help="model dir for the turn-10 TTFT (default: --model), e.g. "
                     ".cache/bench/gpt-oss-20b-width-4L (scripts/bench.py builds it)")  # fmt: skip
     args = ap.parse_args()
@@ -72,9 +86,24 @@ def main() -> None:
     gptoss = [sys.executable, "-m", "gptoss_mlx"]
     res: dict[str, float] = {}
     res["help_s"] = wall([*gptoss, "--help"], args.rounds)
-    res["run_s"] = wall([*gptoss, "run", "-m", str(model), "-t", "0", "-n", "16", "Hello"], args.rounds)
+    res["run_s"] = wall(
+        [*gptoss, "run", "-m", str(model), "-t", "0", "-n", "16", "Hello"], args.rounds
+    )
     res["mlx_lm_generate_s"] = wall(
-        [sys.executable, "-m", "mlx_lm", "generate", "--model", str(model), "--prompt", "Hello", "-m", "16", "--temp", "0"],
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "generate",
+            "--model",
+            str(model),
+            "--prompt",
+            "Hello",
+            "-m",
+            "16",
+            "--temp",
+            "0",
+        ],
         args.rounds,
     )
     ttft_model = args.ttft_model or model
@@ -82,12 +111,21 @@ def main() -> None:
     res |= {"ttft_turn1_s": first, "ttft_turn10_s": last, "turn10_context_tokens": used}
     print(f"gptoss --help            {res['help_s']:.3f} s (target <= 0.15)")
     print(f"gptoss run (16 tokens)   {res['run_s']:.3f} s")
-    print(f"mlx_lm.generate (16)     {res['mlx_lm_generate_s']:.3f} s   ratio {res['run_s'] / res['mlx_lm_generate_s']:.2f}x (target <= 0.5x)")
-    print(f"TTFT turn 1 / turn 10    {first * 1000:.1f} ms / {last * 1000:.1f} ms with {used} tokens of history on {ttft_model.name}"
-          f"   ratio {last / first:.2f}x (target <= 1.2x)")
+    print(
+        f"mlx_lm.generate (16)     {res['mlx_lm_generate_s']:.3f} s   ratio {res['run_s'] / res['mlx_lm_generate_s']:.2f}x (target <= 0.5x)"
+    )
+    print(
+        f"TTFT turn 1 / turn 10    {first * 1000:.1f} ms / {last * 1000:.1f} ms with {used} tokens of history on {ttft_model.name}"
+        f"   ratio {last / first:.2f}x (target <= 1.2x)"
+    )
     out = ROOT / "bench-results" / f"cli-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps({"model": str(model), "ttft_model": str(ttft_model), "rounds": args.rounds, **res}, indent=2))
+    out.write_text(
+        json.dumps(
+            {"model": str(model), "ttft_model": str(ttft_model), "rounds": args.rounds, **res},
+            indent=2,
+        )
+    )
     print(f"written {out}")
 
 

@@ -223,6 +223,7 @@ def _sample_variant(rng: random.Random) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- rendering
 
+
 def render_prompt(
     enc: oh.HarmonyEncoding, messages: Sequence[Message], options: PromptOptions
 ) -> list[int]:

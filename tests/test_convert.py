@@ -50,7 +50,19 @@ def mlx_lm_converted(tiny_checkpoint, tmp_path_factory):
     """What `mlx_lm.convert` writes for gpt-oss (the mlx-community layout): experts mxfp4, rest 8-bit."""
     dst = tmp_path_factory.mktemp("mlxlm") / "q8"
     subprocess.run(
-        [sys.executable, "-m", "mlx_lm", "convert", "--hf-path", str(tiny_checkpoint), "--mlx-path", str(dst), "-q", "--q-bits", "8"],
+        [
+            sys.executable,
+            "-m",
+            "mlx_lm",
+            "convert",
+            "--hf-path",
+            str(tiny_checkpoint),
+            "--mlx-path",
+            str(dst),
+            "-q",
+            "--q-bits",
+            "8",
+        ],
         check=True,
         capture_output=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -84,7 +96,9 @@ def test_q8_rest_keeps_norms_and_router_at_8_bits(converted):
 
 
 @pytest.mark.parametrize("kind", ["hf", "mxfp4-bf16", "q4-bf16", "mxfp4-q8", "mlx_lm.convert"])
-def test_incremental_decode_equals_full_forward_for_every_load_path(kind, tiny_checkpoint, converted, mlx_lm_converted):
+def test_incremental_decode_equals_full_forward_for_every_load_path(
+    kind, tiny_checkpoint, converted, mlx_lm_converted
+):
     path = {
         "hf": tiny_checkpoint,
         "mxfp4-bf16": converted[("mxfp4", "bf16")].dst,
@@ -170,7 +184,12 @@ def test_not_gpt_oss_is_refused(tiny_checkpoint, tmp_path):
 
 def test_full_disk_leaves_nothing_behind(tiny_checkpoint, tmp_path):
     """A tmpfs too small for the output: a clear refusal before writing anything."""
-    r = run_cli("convert", str(tiny_checkpoint), str(tmp_path / "dst"), env={"GPTOSS_FAKE_FREE_BYTES": "1000000"})
+    r = run_cli(
+        "convert",
+        str(tiny_checkpoint),
+        str(tmp_path / "dst"),
+        env={"GPTOSS_FAKE_FREE_BYTES": "1000000"},
+    )
     assert r.returncode == 7, r.stderr
     assert "not enough disk space" in r.stderr
     assert not (tmp_path / "dst").exists()

@@ -16,7 +16,11 @@ from gptoss_mlx.settings import resolve
 WEATHER = {
     "name": "get_weather",
     "description": "Current weather for a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
 }
 
 
@@ -44,7 +48,9 @@ def test_show_reasoning_goes_to_stderr(harmony_model):
 
 
 def test_json_has_final_and_reasoning(harmony_model):
-    r = gptoss("run", "-m", str(harmony_model), "-t", "0", "--json", "--effort", "high", "What is 2+2?")
+    r = gptoss(
+        "run", "-m", str(harmony_model), "-t", "0", "--json", "--effort", "high", "What is 2+2?"
+    )
     out = json.loads(r.stdout)
     assert out["final"] == "2 + 2 = 4."
     assert out["reasoning"] == "The user asks a simple sum. 2+2=4."
@@ -55,12 +61,27 @@ def test_json_has_final_and_reasoning(harmony_model):
 def test_tool_call_through_the_cli(harmony_model, tmp_path):
     tools = tmp_path / "tools.json"
     tools.write_text(json.dumps([WEATHER]))
-    r = gptoss("run", "-m", str(harmony_model), "-t", "0", "--tools", str(tools), "--json", "What's the weather in Paris?")
+    r = gptoss(
+        "run",
+        "-m",
+        str(harmony_model),
+        "-t",
+        "0",
+        "--tools",
+        str(tools),
+        "--json",
+        "What's the weather in Paris?",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["finish_reason"] == "tool_call"
     assert out["tool_calls"] == [
-        {"recipient": "functions.get_weather", "arguments": '{"city":"Paris"}', "channel": "commentary", "content_type": "<|constrain|>json"}
+        {
+            "recipient": "functions.get_weather",
+            "arguments": '{"city":"Paris"}',
+            "channel": "commentary",
+            "content_type": "<|constrain|>json",
+        }
     ]
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
@@ -73,11 +94,15 @@ def test_tool_turn_keeps_its_analysis_until_the_final_then_drops_it(harmony_mode
     s.settings.tools = [harmony.ToolSpec.from_dict(WEATHER)]
     r1 = s.turn("What's the weather in Paris?")
     assert r1.finish_reason == "tool_call"
-    assert [(c.recipient, c.arguments) for c in r1.tool_calls] == [("functions.get_weather", '{"city":"Paris"}')]
+    assert [(c.recipient, c.arguments) for c in r1.tool_calls] == [
+        ("functions.get_weather", '{"city":"Paris"}')
+    ]
     p1 = s.prompt_tokens(s.messages[:1])
     # While the turn is calling tools its analysis stays in the prompt, so the next prompt
     # extends the cache exactly: only the call's end and the tool result are new.
-    r2 = s.collect(s.add_tool_result("functions.get_weather", '{"temperature": 21, "sky": "sunny"}'))
+    r2 = s.collect(
+        s.add_tool_result("functions.get_weather", '{"temperature": 21, "sky": "sunny"}')
+    )
     assert r2.final == "It is 21 °C and sunny in Paris."
     prompt2 = s.prompt_tokens(s.messages[: len(s.messages) - len(r2.messages)])
     assert r2.stats.prefilled_tokens < len(prompt2) - len(p1)
@@ -139,6 +164,10 @@ def test_max_tokens_cuts_the_reply_and_says_so(harmony_model):
 
 @pytest.mark.parametrize("effort", ["low", "high"])
 def test_effort_reaches_the_model(harmony_model, effort):
-    s = open_session(resolve({"temperature": 0, "effort": effort}), interactive=False, path=harmony_model)
-    assert f"Reasoning: {effort}" in s.tokenizer.decode(s.prompt_tokens([harmony.Message.user("hi")]))
+    s = open_session(
+        resolve({"temperature": 0, "effort": effort}), interactive=False, path=harmony_model
+    )
+    assert f"Reasoning: {effort}" in s.tokenizer.decode(
+        s.prompt_tokens([harmony.Message.user("hi")])
+    )
     assert s.turn("What is 2+2?").final == "2 + 2 = 4."

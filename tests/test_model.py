@@ -84,7 +84,11 @@ def test_sliding_cache_memory_is_bounded(ours):
             assert c.offset == n
         else:
             assert c.keys.shape[2] == cfg.sliding_window - 1  # all a future query can see
-    assert cache_nbytes(cache) == cfg.kv_cache_bytes(n, 4) - cfg.n_sliding_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+    assert (
+        cache_nbytes(cache)
+        == cfg.kv_cache_bytes(n, 4)
+        - cfg.n_sliding_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 4
+    )
 
 
 def test_snapshot_restore_equals_fresh_prefill(ours):

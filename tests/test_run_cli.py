@@ -14,7 +14,9 @@ from gptoss_mlx.cli_run import read_prompt
 from gptoss_mlx.errors import UserError
 
 
-def gptoss(*args: str, stdin: bytes | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def gptoss(
+    *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "gptoss_mlx", *args],
         input=stdin if stdin is not None else b"",
@@ -54,7 +56,17 @@ def test_seeded_sampling_is_reproducible(tiny_checkpoint):
 
 
 def test_show_prompt_is_the_harmony_render(tiny_checkpoint):
-    r = gptoss("run", "-m", str(tiny_checkpoint), "--show-prompt", "--effort", "high", "-i", "Be terse.", "What is 2+2?")
+    r = gptoss(
+        "run",
+        "-m",
+        str(tiny_checkpoint),
+        "--show-prompt",
+        "--effort",
+        "high",
+        "-i",
+        "Be terse.",
+        "What is 2+2?",
+    )
     assert r.returncode == 0, r.stderr
     text = r.stdout.decode()
     assert text.startswith("<|start|>system<|message|>You are ChatGPT")
@@ -64,8 +76,17 @@ def test_show_prompt_is_the_harmony_render(tiny_checkpoint):
 
 
 def test_stdin_is_the_material_and_the_argument_the_instruction(tiny_checkpoint):
-    r = gptoss("run", "-m", str(tiny_checkpoint), "--show-prompt", "Summarize this:", stdin=b"line one\nline two\n")
-    assert "<|start|>user<|message|>Summarize this:\n\nline one\nline two<|end|>" in r.stdout.decode()
+    r = gptoss(
+        "run",
+        "-m",
+        str(tiny_checkpoint),
+        "--show-prompt",
+        "Summarize this:",
+        stdin=b"line one\nline two\n",
+    )
+    assert (
+        "<|start|>user<|message|>Summarize this:\n\nline one\nline two<|end|>" in r.stdout.decode()
+    )
     r = gptoss("run", "-m", str(tiny_checkpoint), "--show-prompt", "-", stdin=b"from a file")
     assert "<|start|>user<|message|>from a file<|end|>" in r.stdout.decode()
 

@@ -16,7 +16,9 @@ from .reference import rel_max_err
 
 @pytest.fixture
 def session(tiny_checkpoint):
-    s = open_session(resolve({"temperature": 0, "max_tokens": 12}), interactive=False, path=tiny_checkpoint)
+    s = open_session(
+        resolve({"temperature": 0, "max_tokens": 12}), interactive=False, path=tiny_checkpoint
+    )
     s.settings.date = "2026-11-30"
     return s
 
@@ -68,7 +70,11 @@ def test_retry_prefills_nothing_and_undo_reuses_the_cache(session):
 
 
 def test_context_full_is_refused_before_any_work_and_keeps_the_chat(tiny_checkpoint):
-    s = open_session(resolve({"temperature": 0, "max_tokens": 8, "context": 120}), interactive=False, path=tiny_checkpoint)
+    s = open_session(
+        resolve({"temperature": 0, "max_tokens": 8, "context": 120}),
+        interactive=False,
+        path=tiny_checkpoint,
+    )
     s.turn("Hi")
     kept = [m.to_dict() for m in s.messages]
     with pytest.raises(ContextFullError, match="/undo or /reset"):
@@ -77,7 +83,9 @@ def test_context_full_is_refused_before_any_work_and_keeps_the_chat(tiny_checkpo
 
 
 def test_reply_stops_at_the_context_limit(tiny_checkpoint):
-    s = open_session(resolve({"temperature": 0, "context": 90}), interactive=False, path=tiny_checkpoint)
+    s = open_session(
+        resolve({"temperature": 0, "context": 90}), interactive=False, path=tiny_checkpoint
+    )
     r = s.turn("Hi")
     assert r.finish_reason == "context_full"
     assert r.stats.prompt_tokens + r.stats.generated_tokens <= 91
@@ -98,7 +106,9 @@ def test_interrupt_keeps_what_was_written_and_the_cache_stays_consistent(session
     assert r.finish_reason == "interrupted"
     assistant = [m for m in session.messages if m.role == "assistant"]
     assert assistant and all(m.interrupted for m in assistant)
-    assert "".join(m.content for m in assistant).startswith("".join(getattr(e, "text", "") for e in seen))
+    assert "".join(m.content for m in assistant).startswith(
+        "".join(getattr(e, "text", "") for e in seen)
+    )
     # The next turn works and its logits are those of a fresh prefill of its prompt.
     session.turn("Go on")
     prompt = session.prompt_tokens(session.messages[:-1])
