@@ -91,21 +91,7 @@ def chat_cmd(
         raise UserError(f"to resume chat {chat!r}, run: gptoss chat --resume {chat}")
     if reasoning is not None and reasoning not in REASONING_MODES:
         raise UserError(f"--reasoning must be collapse, show or hide, not {reasoning!r}")
-    settings = settings_from(
-        model=model,
-        effort=effort,
-        instructions=instructions,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        min_p=min_p,
-        seed=seed,
-        max_tokens=max_tokens,
-        context=context,
-        dtype=dtype,
-        yes=yes,
-        force=force,
-    )
+    settings = settings_from(locals())
     record = chatstore.read(chatstore.find(chat)) if resume else None
     model_dir = (
         _saved_model(record)

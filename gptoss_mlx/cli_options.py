@@ -5,7 +5,8 @@ Values are resolved by settings.resolve: flag > environment > config file > defa
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import typer
 
@@ -97,8 +98,16 @@ ForceOpt = Annotated[
 ]
 
 
-def settings_from(**flags: object):  # -> settings.Settings
+# The options above, by parameter name: what run and chat pass to settings.resolve.
+SHARED = (
+    "model", "effort", "instructions", "temperature", "top_p", "top_k", "min_p", "seed",
+    "max_tokens", "context", "dtype", "yes", "force",
+)  # fmt: skip
+
+
+def settings_from(params: Mapping[str, Any]) -> Any:  # -> settings.Settings
+    """Settings from a command's parameters (pass `locals()`): the shared options given."""
     from .settings import resolve
 
-    flags = {k: v for k, v in flags.items() if v is not None and v is not False}
-    return resolve(flags)
+    given = {k: params[k] for k in SHARED if params[k] is not None and params[k] is not False}
+    return resolve(given)

@@ -122,21 +122,7 @@ def run_cmd(
     ] = None,
 ) -> None:
     """Answer one prompt and exit. Only the final answer goes to stdout."""
-    settings = settings_from(
-        model=model,
-        effort=effort,
-        instructions=instructions,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        min_p=min_p,
-        seed=seed,
-        max_tokens=max_tokens,
-        context=context,
-        dtype=dtype,
-        yes=yes,
-        force=force,
-    )
+    settings = settings_from(locals())
     text = read_prompt(prompt)
     specs = read_tools(tools) if tools else []
     from .engine import open_session

@@ -169,3 +169,18 @@ def test_module_entry_point_matches_console_script(tiny_checkpoint):
         pytest.skip("console script not installed in this environment")
     r = subprocess.run([str(exe), "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("gptoss ")
+
+
+def test_run_and_chat_pass_every_shared_option_to_the_settings():
+    import inspect
+
+    from gptoss_mlx import cli_chat, cli_options, cli_run
+    from gptoss_mlx.settings import resolve
+
+    for cmd in (cli_run.run_cmd, cli_chat.chat_cmd):
+        assert set(cli_options.SHARED) <= set(inspect.signature(cmd).parameters)
+    given = dict.fromkeys(cli_options.SHARED) | {"effort": "high", "seed": 7, "force": True}
+    settings = cli_options.settings_from(given)
+    assert (settings.effort, settings.seed, settings.force) == ("high", 7, True)
+    assert settings.sources["effort"] == "flag"
+    assert settings.model == resolve({}).model  # not given: from env, config or default
