@@ -166,9 +166,11 @@ def _is_gpt_oss(model_dir: Path) -> bool:
         return False
 
 
-def _describe(name: str, kind: str, path: Path) -> LocalModel:
+def _describe(name: str, kind: str, path: Path, arrived: Path | None = None) -> LocalModel:
+    """`arrived`: where the bytes of an incomplete download are (its blobs, partial files too)."""
     size = dir_size(path)
     if not is_complete(path):
+        size = dir_size(arrived) if arrived is not None else size
         return LocalModel(name, kind, path, "incomplete", "", size, complete=False)
     try:
         return LocalModel(name, kind, path, format_label(path), describe_quantization(path), size)
@@ -197,7 +199,7 @@ def list_local_models() -> list[LocalModel]:
                 if partial is not None and (
                     repo_id in hub.ALIASES.values() or _is_gpt_oss(partial)
                 ):
-                    out.append(_describe(repo_id, "hf-cache", partial))
+                    out.append(_describe(repo_id, "hf-cache", partial, hub.blobs_dir(repo_id)))
     return out
 
 

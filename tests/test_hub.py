@@ -193,6 +193,13 @@ def test_an_interrupted_download_resumes_where_it_stopped(hub, source, tmp_path,
     assert partial.exists(), "the interrupted download keeps its partial file"
     kept = partial.stat().st_size
     assert kept == size // 2  # all the server sent
+    # `gptoss models` lists it as incomplete, with what has arrived so far.
+    r = run_cli(["models", "--json"], {**env, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr
+    [entry] = [m for m in json.loads(r.stdout) if m["name"] == "openai/gpt-oss-20b"]
+    assert not entry["complete"] and entry["format"] == "incomplete"
+    others = sum((source / n).stat().st_size for n in _shards(source) if n != stalled)
+    assert entry["size_bytes"] >= kept + others
 
     # Room is needed for the missing half and the small files (fetched after the weights), only.
     small = loadable_files(source) - set(_shards(source)) - {"config.json"}
