@@ -112,7 +112,8 @@ class ModelConfig:
         h, i, e = self.hidden_size, self.intermediate_size, self.num_local_experts
         q = self.num_attention_heads * self.head_dim
         kv = self.num_key_value_heads * self.head_dim
-        attn = h * q + q + 2 * (h * kv + kv) + q * h + h + self.num_attention_heads
+        attn_matrices = h * q + 2 * h * kv + q * h  # q, k, v, o weights
+        attn = attn_matrices + q + 2 * kv + h + self.num_attention_heads
         experts = e * (h * 2 * i + 2 * i + i * h + h)
         router = e * h + e
         norms = 2 * h
@@ -126,6 +127,8 @@ class ModelConfig:
             "total": total,
             "active": active,
             "experts": self.num_hidden_layers * experts,
+            # The attention projection weights and lm_head (device.is_dense_matmul_weight).
+            "dense_matmul": self.num_hidden_layers * attn_matrices + embed,
             "embedding": embed,
             "lm_head": embed,
         }

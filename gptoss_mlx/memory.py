@@ -311,12 +311,12 @@ def _fits_20b(context: int, dtype_bytes: int, budget: int, fused: bool, keep_den
         for n in range(cfg.num_hidden_layers)
     ]
     counts = cfg.param_counts()
-    h = cfg.hidden_size
-    expert_matrices = cfg.num_hidden_layers * cfg.num_local_experts * 3 * h * cfg.intermediate_size
+    expert_matrices = (
+        cfg.num_hidden_layers * cfg.num_local_experts * 3 * cfg.hidden_size * cfg.intermediate_size
+    )
     cast = counts["total"] - counts["embedding"] - expert_matrices  # bf16 on disk, dtype in memory
     if keep_dense:
-        q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-        cast -= counts["lm_head"] + cfg.num_hidden_layers * (2 * h * q + 2 * h * kv)
+        cast -= counts["dense_matmul"]
     need = (
         WEIGHTS_20B
         + cast * (dtype_bytes - 2)

@@ -168,10 +168,10 @@ def _is_gpt_oss(model_dir: Path) -> bool:
 
 def _describe(name: str, kind: str, path: Path, arrived: Path | None = None) -> LocalModel:
     """`arrived`: where the bytes of an incomplete download are (its blobs, partial files too)."""
-    size = dir_size(path)
     if not is_complete(path):
-        size = dir_size(arrived) if arrived is not None else size
+        size = dir_size(arrived if arrived is not None else path)
         return LocalModel(name, kind, path, "incomplete", "", size, complete=False)
+    size = dir_size(path)
     try:
         return LocalModel(name, kind, path, format_label(path), describe_quantization(path), size)
     except UserError as e:

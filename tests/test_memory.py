@@ -65,6 +65,8 @@ def test_weights_estimate_equals_the_loaded_parameters(loaded, tiny_checkpoint):
     assert memory.Estimator(tiny_checkpoint, 4, False).weights == held
     # On the CPU fast path the loader keeps the dense matmul weights bf16 (read by our kernels).
     kept = {k: v for k, v in params.items() if is_dense_matmul_weight(k) and v.dtype != mx.float32}
+    dense = sum(v.size for k, v in params.items() if is_dense_matmul_weight(k))
+    assert dense == ModelConfig.from_dir(tiny_checkpoint).param_counts()["dense_matmul"]
     assert memory.keeps_dense_stored(4) == (cpu_kernels.load() is not None) == bool(kept)
     if kept:
         assert "lm_head.weight" in kept and all(v.dtype == mx.bfloat16 for v in kept.values())
