@@ -6,20 +6,21 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .device import prepare_backend as _prepare_backend  # noqa: E402
+from .backend.device import prepare_backend as _prepare_backend  # noqa: E402
 
 _prepare_backend()  # an optimized BLAS must be loaded before anything imports mlx
 
 if TYPE_CHECKING:
-    from .model import Model
-    from .tokenizer import Tokenizer
+    from .harmony.tokenizer import Tokenizer
+    from .model.gpt_oss import Model
 
 
 def load_model(path: Any, dtype: str | None = None) -> tuple[Model, Tokenizer]:
     """Load a gpt-oss checkpoint (HF MXFP4, our converted MLX dir, or mlx-community layout)."""
-    from .loader import load_model as _load
+    from .harmony.tokenizer import Tokenizer
+    from .model.loader import load_model as _load
 
-    return _load(path, dtype=dtype)
+    return _load(path, dtype=dtype), Tokenizer.from_dir(path)
 
 
 __all__ = ["load_model", "__version__"]

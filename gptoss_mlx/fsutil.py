@@ -1,4 +1,4 @@
-"""Atomic file and directory writes: nothing the user made is left half-written."""
+"""Files and disks: atomic writes (nothing the user made is left half-written) and free space."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+from .errors import NotEnoughDiskError
+from .units import human_bytes
 
 
 def atomic_write_text(path: Path | str, text: str, encoding: str = "utf-8") -> None:
@@ -52,3 +55,47 @@ def atomic_directory(dst: Path | str, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or would hold it once created)."""
+    fake = os.environ.get("GPTOSS_FAKE_FREE_BYTES")
+    if fake:
+        return int(fake)
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
+def _device_of(path: Path) -> int:
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p.stat().st_dev
+
+
+def check_disk(needs: Iterable[tuple[Path, int, str]]) -> None:
+    """Raise NotEnoughDiskError unless each filesystem has room for what will be written to it.
+
+    `needs` holds (directory, bytes, what) triples; directories on one filesystem add up.
+    """
+    by_dev: dict[int, list[tuple[Path, int, str]]] = {}
+    for d, n, what in needs:
+        if n > 0:
+            by_dev.setdefault(_device_of(d), []).append((d, n, what))
+    for items in by_dev.values():
+        need = sum(n for _, n, _ in items)
+        d = items[0][0]
+        free = free_disk_bytes(d)
+        if need > free:
+            what = " and ".join(w for _, _, w in items)
+            hint = (
+                "set HF_HOME to a bigger disk"
+                if "download" in what
+                else "set GPTOSS_HOME to a bigger disk"
+            )
+            raise NotEnoughDiskError(
+                f"not enough disk space for the {what}: {human_bytes(need)} needed in {d} but only "
+                f"{human_bytes(free)} free; free up {human_bytes(need - free)} or {hint}"
+            )

@@ -48,3 +48,10 @@ def data_dir() -> Path:
 
 def models_dir() -> Path:
     return data_dir() / "models"
+
+
+def model_name(path: Path) -> str:
+    """A readable name for a model directory (a cache snapshot is named by its repo)."""
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.split("--")[-1]
+    return path.name

@@ -88,13 +88,13 @@ def weight_bytes_per_token(model) -> int:
 
 def _cast_all_loader() -> None:
     """The previous loader: dense matmul weights cast to float32 too (for comparison)."""
-    from gptoss_mlx import device
+    from gptoss_mlx.backend import device as device
 
     device.stored_dtype_params = lambda model, dtype: set()
 
 
 def worker_ours(peer: str, ckpt: Path, prompts: list[int], n_decode: int) -> dict:
-    from gptoss_mlx.device import backend_report, prepare_backend
+    from gptoss_mlx.backend.device import backend_report, prepare_backend
 
     prepare_backend()  # what gptoss_mlx/__init__.py does, before mlx is imported
     if peer == "ours-f32w":
@@ -102,7 +102,8 @@ def worker_ours(peer: str, ckpt: Path, prompts: list[int], n_decode: int) -> dic
     import mlx.core as mx
 
     from gptoss_mlx import load_model
-    from gptoss_mlx.generate import GenerationStats, SamplerSettings, generate, make_sampler
+    from gptoss_mlx.model.generate import GenerationStats, generate
+    from gptoss_mlx.model.sampling import SamplerSettings, make_sampler
 
     t0 = time.perf_counter()
     model, _ = load_model(ckpt)
@@ -147,7 +148,7 @@ def worker_ours(peer: str, ckpt: Path, prompts: list[int], n_decode: int) -> dic
 
 def worker_mlx_lm(peer: str, ckpt: Path, prompts: list[int], n_decode: int) -> dict:
     if peer == "mlx-lm-f32-blas":
-        from gptoss_mlx.blas import preload
+        from gptoss_mlx.backend.blas import preload
 
         preload()
     import mlx.core as mx
@@ -294,17 +295,17 @@ def run_llama(ckpt: Path, prompts: list[int], n_decode: int, threads: int) -> di
 
 def micro(ckpt: Path, repeats: int) -> None:
     """Our kernels against the alternatives, in one process, on slices of the checkpoint."""
-    from gptoss_mlx.device import prepare_backend
+    from gptoss_mlx.backend.device import prepare_backend
 
     prepare_backend()
     import mlx.core as mx
     import numpy as np
 
-    from gptoss_mlx import cpu_kernels as ck
-    from gptoss_mlx.config import ModelConfig
-    from gptoss_mlx.cpu_path import CpuFastPath, as_numpy
-    from gptoss_mlx.loader import read_weights
-    from gptoss_mlx.model import MLP
+    from gptoss_mlx.backend import kernels as ck
+    from gptoss_mlx.backend.cpu_path import CpuFastPath, as_numpy
+    from gptoss_mlx.model.config import ModelConfig
+    from gptoss_mlx.model.gpt_oss import MLP
+    from gptoss_mlx.model.loader import read_weights
 
     lib = ck.load()
     if lib is None:

@@ -44,7 +44,7 @@ def turn_ttft(
     model_dir: Path, turns: int = 10, history_tokens: int = 2000
 ) -> tuple[float, float, int]:
     """TTFT of turn 1 and of turn `turns` after ~history_tokens of conversation."""
-    from gptoss_mlx.engine import open_session
+    from gptoss_mlx.session.open import open_session
     from gptoss_mlx.settings import resolve
 
     s = open_session(

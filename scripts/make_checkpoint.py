@@ -23,10 +23,10 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gptoss_mlx.checkpoint.mxfp4 import GROUP_SIZE, quantize_mxfp4
+from gptoss_mlx.checkpoint.safetensors import ShardWriter, f32_to_bf16_bits
 from gptoss_mlx.fsutil import atomic_directory
-from gptoss_mlx.mxfp4 import GROUP_SIZE, quantize_mxfp4
-from gptoss_mlx.safetensors_io import ShardWriter, f32_to_bf16_bits
-from gptoss_mlx.tokenizer import HARMONY_SPECIAL_TOKENS, tokenizer_json_path
+from gptoss_mlx.harmony.tokenizer import HARMONY_SPECIAL_TOKENS, tokenizer_json_path
 
 PRESETS: dict[str, dict] = {
     "tiny": {

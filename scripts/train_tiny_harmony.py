@@ -43,6 +43,12 @@ from mlx.utils import tree_flatten, tree_unflatten
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gptoss_mlx.checkpoint.safetensors import (
+    ShardedCheckpoint,
+    ShardWriter,
+    bf16_bits_to_f32,
+    f32_to_bf16_bits,
+)
 from gptoss_mlx.fsutil import atomic_directory, atomic_write_text
 from gptoss_mlx.harmony import (
     ASSISTANT,
@@ -58,15 +64,9 @@ from gptoss_mlx.harmony import (
     to_harmony,
     tool_result,
 )
-from gptoss_mlx.loader import load_model
-from gptoss_mlx.model import MLP, Model, SwitchLinear
-from gptoss_mlx.safetensors_io import (
-    ShardedCheckpoint,
-    ShardWriter,
-    bf16_bits_to_f32,
-    f32_to_bf16_bits,
-)
-from gptoss_mlx.tokenizer import harmony_encodings_dir
+from gptoss_mlx.harmony.tokenizer import harmony_encodings_dir
+from gptoss_mlx.model.gpt_oss import MLP, Model, SwitchLinear
+from gptoss_mlx.model.loader import load_model
 from scripts.make_checkpoint import PRESETS, make_checkpoint
 
 EXAMPLES_FILE = "harmony_examples.json"
@@ -787,7 +787,7 @@ def train_harmony_model(
         template = make_checkpoint(Path(tmp) / "random", preset=PRESET, seed=seed)
         enc = load_encoding(harmony_encodings_dir(template))
         curriculum = Curriculum(enc)
-        model, _ = load_model(template, dtype="float32")
+        model = load_model(template, dtype="float32")
         student = Student(model, curriculum.input_vocab(), curriculum.reply_vocab())
         result = train(student, curriculum, seed=seed, steps=steps, log=log)
         log(
@@ -808,9 +808,9 @@ def train_harmony_model(
 
 def _check_written(path: Path, tensors: dict[str, np.ndarray]) -> None:
     """The written checkpoint loads, and holds exactly the weights that passed the checks."""
-    from gptoss_mlx.weights import hf_to_mlx
+    from gptoss_mlx.checkpoint.layout import hf_to_mlx
 
-    model, _ = load_model(path, dtype="float32")
+    model = load_model(path, dtype="float32")
     params = dict(tree_flatten(model.parameters()))
     for hf_name, value in tensors.items():
         for name, expected in hf_to_mlx(hf_name, value):
@@ -825,9 +825,9 @@ def _check_written(path: Path, tensors: dict[str, np.ndarray]) -> None:
 # The generator and its dependencies (as tests/conftest.py hashes them) and this trainer.
 _SOURCES = (
     "scripts/make_checkpoint.py",
-    "gptoss_mlx/safetensors_io.py",
-    "gptoss_mlx/mxfp4.py",
-    "gptoss_mlx/tokenizer.py",
+    "gptoss_mlx/checkpoint/safetensors.py",
+    "gptoss_mlx/checkpoint/mxfp4.py",
+    "gptoss_mlx/harmony/tokenizer.py",
     "scripts/train_tiny_harmony.py",
 )
 

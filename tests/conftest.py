@@ -17,9 +17,9 @@ FIXTURES = REPO / ".cache" / "fixtures"
 # A change to any of these rebuilds the cached checkpoint.
 _GENERATOR_SOURCES = (
     "scripts/make_checkpoint.py",
-    "gptoss_mlx/safetensors_io.py",
-    "gptoss_mlx/mxfp4.py",
-    "gptoss_mlx/tokenizer.py",
+    "gptoss_mlx/checkpoint/safetensors.py",
+    "gptoss_mlx/checkpoint/mxfp4.py",
+    "gptoss_mlx/harmony/tokenizer.py",
 )
 
 
@@ -37,7 +37,7 @@ def tiny_checkpoint() -> Path:
     It already holds `.gptoss/o200k_base.tiktoken` (what harmony_encodings_dir writes beside a
     model), so its file list does not depend on which tests ran first.
     """
-    from gptoss_mlx.tokenizer import harmony_encodings_dir
+    from gptoss_mlx.harmony.tokenizer import harmony_encodings_dir
     from scripts.make_checkpoint import make_checkpoint
 
     FIXTURES.mkdir(parents=True, exist_ok=True)
@@ -57,7 +57,7 @@ def tiny_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def harmony_encodings_env(tiny_checkpoint: Path) -> Iterator[Path]:
     """TIKTOKEN_ENCODINGS_BASE set to a folder holding o200k_base.tiktoken, for openai-harmony."""
-    from gptoss_mlx.tokenizer import harmony_encodings_dir
+    from gptoss_mlx.harmony.tokenizer import harmony_encodings_dir
 
     folder = harmony_encodings_dir(tiny_checkpoint)
     saved = os.environ.get("TIKTOKEN_ENCODINGS_BASE")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gptoss_mlx.mxfp4 import dequantize_mxfp4
-from gptoss_mlx.safetensors_io import ShardedCheckpoint, bf16_bits_to_f32
+from gptoss_mlx.checkpoint.mxfp4 import dequantize_mxfp4
+from gptoss_mlx.checkpoint.safetensors import ShardedCheckpoint, bf16_bits_to_f32
 
 
 def read_hf_numpy(path: Path) -> dict[str, np.ndarray]:

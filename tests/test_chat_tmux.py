@@ -179,8 +179,8 @@ def test_ctrl_c_stops_a_reply_and_keeps_it(terminals, env, tiny_checkpoint, tmp_
     t.type("Tell me a long story.")
     t.keys("Enter")
     # Wait until the answer is streaming (text below the prompt line).
-    t.wait_for(lambda s: len([x for x in s.splitlines() if x.strip()]) >= 4, timeout=60)
-    time.sleep(0.5)
+    streaming = t.wait_for(lambda s: len([x for x in s.splitlines() if x.strip()]) >= 4, timeout=60)
+    t.wait_for(lambda s: s != streaming)  # more of the reply arrived: it is mid-stream
     t.keys("C-c")
     screen = t.wait_for(lambda s: any(x.startswith("interrupted · ") for x in s.splitlines()))
     t.wait_for(lambda s: last_line(s).startswith(">>>"))

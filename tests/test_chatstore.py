@@ -10,8 +10,9 @@ import sys
 
 import pytest
 
-from gptoss_mlx import chatstore, harmony
+from gptoss_mlx import harmony
 from gptoss_mlx.errors import UserError
+from gptoss_mlx.session import store as chatstore
 
 
 @pytest.fixture(autouse=True)
@@ -25,20 +26,18 @@ def clean_env(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def tokenizer_only(tiny_checkpoint):
-    from gptoss_mlx.engine import open_session
+    from gptoss_mlx.session.open import open_session
     from gptoss_mlx.settings import resolve
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPTOSS_CONFIG", "/nonexistent/gptoss-config.toml")
-        return open_session(
-            resolve({}), interactive=False, for_prompt_only=True, path=tiny_checkpoint
-        )
+        return open_session(resolve({}), tiny_checkpoint, for_prompt_only=True)
 
 
 @pytest.fixture
 def session(tokenizer_only):
     """A real session (tokenizer, harmony encoding, settings) without the model's weights."""
-    from gptoss_mlx.session import ChatSession
+    from gptoss_mlx.session.chat import ChatSession
 
     s = ChatSession(None, tokenizer_only.tokenizer, tokenizer_only.encoding)
     s.model_path = tokenizer_only.model_path
@@ -82,7 +81,7 @@ def test_round_trip(session, tmp_path):
     assert data["messages"][-1]["interrupted"] is True
     assert [p.name for p in path.parent.iterdir()] == ["chat.json"]  # no temp files left
 
-    from gptoss_mlx.session import ChatSession
+    from gptoss_mlx.session.chat import ChatSession
 
     other = ChatSession(None, session.tokenizer, session.encoding)
     chatstore.apply_record(other, chatstore.read(path))

@@ -13,9 +13,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from gptoss_mlx.errors import BadCheckpointError
-from gptoss_mlx.mxfp4 import FP4_VALUES, dequantize_mxfp4, quantize_mxfp4
-from gptoss_mlx.safetensors_io import (
+from gptoss_mlx.checkpoint.mxfp4 import FP4_VALUES, dequantize_mxfp4, quantize_mxfp4
+from gptoss_mlx.checkpoint.safetensors import (
     SafetensorsFile,
     ShardedCheckpoint,
     ShardWriter,
@@ -23,7 +22,8 @@ from gptoss_mlx.safetensors_io import (
     f32_to_bf16_bits,
     save_file,
 )
-from gptoss_mlx.tokenizer import Tokenizer
+from gptoss_mlx.errors import BadCheckpointError
+from gptoss_mlx.harmony.tokenizer import Tokenizer
 from scripts.make_checkpoint import PRESETS, make_config
 
 # ----------------------------------------------------------------------------- MXFP4
@@ -321,7 +321,8 @@ def test_20b_preset_has_the_real_widths():
 
 @pytest.fixture(scope="module")
 def hf_model(tiny_checkpoint):
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     transformers.logging.set_verbosity_error()
     model, info = transformers.GptOssForCausalLM.from_pretrained(
         tiny_checkpoint,

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gptoss_mlx import memory
-from gptoss_mlx.config import ModelConfig
-from gptoss_mlx.hub import human_bytes
+from gptoss_mlx.model import memory as memory
+from gptoss_mlx.model.config import ModelConfig
+from gptoss_mlx.units import human_bytes
 
 from .hub_server import FakeHub, cli_env, gpt_oss_decoys, repo_from_dir, run_cli
 
@@ -172,7 +172,7 @@ def test_doctor_says_which_compute_path_is_active_and_why(home):
 
 
 def test_doctor_rows(home, monkeypatch):
-    from gptoss_mlx.cli_models import Check, doctor_checks
+    from gptoss_mlx.cli.models import Check, doctor_checks
 
     for k, v in cli_env(home).items():
         monkeypatch.setenv(k, v)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gptoss_mlx import load_model
-from gptoss_mlx.convert import convert
+from gptoss_mlx.hub.convert import convert
 
 from .reference import rel_max_err
 

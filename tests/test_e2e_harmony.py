@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from gptoss_mlx import harmony
-from gptoss_mlx.engine import open_session
+from gptoss_mlx.session.open import open_session
 from gptoss_mlx.settings import resolve
 
 WEATHER = {
@@ -90,7 +90,7 @@ def test_tool_call_through_the_cli(harmony_model, tmp_path):
 
 
 def test_tool_turn_keeps_its_analysis_until_the_final_then_drops_it(harmony_model):
-    s = open_session(resolve({"temperature": 0}), interactive=False, path=harmony_model)
+    s = open_session(resolve({"temperature": 0}), harmony_model)
     s.settings.tools = [harmony.ToolSpec.from_dict(WEATHER)]
     r1 = s.turn("What's the weather in Paris?")
     assert r1.finish_reason == "tool_call"
@@ -124,7 +124,7 @@ def expected(model_dir, name: str) -> tuple[str, str]:
 
 
 def test_second_turn_drops_the_first_turns_reasoning_and_answers(harmony_model):
-    s = open_session(resolve({"temperature": 0}), interactive=False, path=harmony_model)
+    s = open_session(resolve({"temperature": 0}), harmony_model)
     s.settings.date = "2025-06-28"
     r1 = s.turn("What is 2+2?")
     assert (r1.final, r1.finish_reason) == ("2 + 2 = 4.", "stop")
@@ -139,7 +139,7 @@ def test_second_turn_drops_the_first_turns_reasoning_and_answers(harmony_model):
 
 
 def test_interrupting_a_long_answer_keeps_it(harmony_model):
-    s = open_session(resolve({"temperature": 0}), interactive=False, path=harmony_model)
+    s = open_session(resolve({"temperature": 0}), harmony_model)
     finals = []
 
     def on_event(ev):
@@ -164,9 +164,7 @@ def test_max_tokens_cuts_the_reply_and_says_so(harmony_model):
 
 @pytest.mark.parametrize("effort", ["low", "high"])
 def test_effort_reaches_the_model(harmony_model, effort):
-    s = open_session(
-        resolve({"temperature": 0, "effort": effort}), interactive=False, path=harmony_model
-    )
+    s = open_session(resolve({"temperature": 0, "effort": effort}), harmony_model)
     assert f"Reasoning: {effort}" in s.tokenizer.decode(
         s.prompt_tokens([harmony.Message.user("hi")])
     )

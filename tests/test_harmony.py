@@ -118,7 +118,7 @@ def test_load_encoding_rejects_a_wrong_vocab(tmp_path):
 
 
 def test_encoding_for_model_uses_the_models_tokenizer(tmp_path, monkeypatch, enc):
-    from gptoss_mlx import tokenizer
+    from gptoss_mlx.harmony import tokenizer as tokenizer
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     model_dir = tmp_path / "model"

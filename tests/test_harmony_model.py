@@ -11,7 +11,7 @@ import pytest
 
 from gptoss_mlx import harmony as H
 from gptoss_mlx import load_model
-from gptoss_mlx.safetensors_io import ShardedCheckpoint
+from gptoss_mlx.checkpoint.safetensors import ShardedCheckpoint
 from scripts import train_tiny_harmony as T
 
 NAMES = [e.name for e in T.EXAMPLES]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gptoss_mlx.hub import PARTIAL_SUFFIX
+from gptoss_mlx.hub.download import PARTIAL_SUFFIX
 
 from .hub_server import (
     FakeHub,
@@ -430,7 +430,6 @@ def test_disk_check_counts_only_what_is_missing(hub, source, tmp_path):
 
 
 def test_download_then_convert(hub, source, tmp_path):
-    pytest.importorskip("gptoss_mlx.convert")
     env = cli_env(tmp_path, hub)
     r = run_cli(["download", "20b", "--convert"], env, timeout=600)
     assert r.returncode == 0, r.stderr
@@ -447,9 +446,10 @@ def test_download_then_convert(hub, source, tmp_path):
 
 
 def test_mlx_community_repo_downloads_and_needs_no_conversion(hub, source, tmp_path):
-    convert = pytest.importorskip("gptoss_mlx.convert").convert
+    from gptoss_mlx.hub.convert import convert
+
     mlx_dir = tmp_path / "mlx-src"
-    convert(source, mlx_dir, rest="q8", verify=False, progress=False)
+    convert(source, mlx_dir, rest="q8", verify=False)
     hub.add(repo_from_dir("mlx-community/gpt-oss-20b-MXFP4-Q8", mlx_dir, {"README.md": b"mlx\n"}))
     env = cli_env(tmp_path, hub)
     r = run_cli(["download", "mlx-community/gpt-oss-20b-MXFP4-Q8", "--convert"], env)

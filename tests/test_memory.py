@@ -10,19 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gptoss_mlx import memory
-from gptoss_mlx.config import ModelConfig
 from gptoss_mlx.errors import NotEnoughMemoryError, UserError
-from gptoss_mlx.memory import check_memory, estimate, largest_context_that_fits
+from gptoss_mlx.model import memory
+from gptoss_mlx.model.config import ModelConfig
+from gptoss_mlx.model.memory import check_memory, estimate, largest_context_that_fits
+from gptoss_mlx.units import parse_bytes
 
 
 @pytest.fixture(scope="module")
 def loaded(tiny_checkpoint):
-    try:
-        from gptoss_mlx import load_model
-        from gptoss_mlx.generate import prefill
-    except ImportError as e:  # the model modules are written in parallel
-        pytest.skip(f"model not importable yet: {e}")
+    from gptoss_mlx import load_model
+    from gptoss_mlx.model.generate import prefill
+
     model, _ = load_model(tiny_checkpoint, dtype="float32")
     return model, prefill
 
@@ -31,7 +30,8 @@ def loaded(tiny_checkpoint):
 def loaded_plain(tiny_checkpoint):
     """The model as loaded where the CPU fast path is unavailable (no C compiler): every float
     matmul weight cast to float32, run by plain MLX."""
-    from gptoss_mlx import device, load_model
+    from gptoss_mlx import load_model
+    from gptoss_mlx.backend import device as device
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(device, "keeps_dense_weights_stored", lambda dtype: False)
@@ -45,8 +45,8 @@ def tokens(n: int) -> list[int]:
 
 
 def test_constants_follow_the_code_they_describe():
-    from gptoss_mlx.cache import FullKVCache
-    from gptoss_mlx.generate import PREFILL_CHUNK
+    from gptoss_mlx.model.cache import FullKVCache
+    from gptoss_mlx.model.generate import PREFILL_CHUNK
 
     assert FullKVCache.step == memory.KV_STEP
     assert memory.PREFILL_CHUNK == PREFILL_CHUNK
@@ -56,8 +56,8 @@ def test_weights_estimate_equals_the_loaded_parameters(loaded, tiny_checkpoint):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
-    from gptoss_mlx import cpu_kernels
-    from gptoss_mlx.device import is_dense_matmul_weight
+    from gptoss_mlx.backend import kernels as cpu_kernels
+    from gptoss_mlx.checkpoint.layout import is_dense_matmul_weight
 
     model, _ = loaded
     params = dict(tree_flatten(model.parameters()))
@@ -174,15 +174,10 @@ def test_memory_limit_env_is_the_budget(tiny_checkpoint, monkeypatch):
 
 
 def test_parse_bytes():
-    assert memory.parse_bytes("1024") == 1024
-    assert (
-        memory.parse_bytes("24GB")
-        == memory.parse_bytes("24G")
-        == memory.parse_bytes("24 GiB")
-        == 24 * 2**30
-    )
-    assert memory.parse_bytes("1.5g") == 3 * 2**29
-    assert memory.parse_bytes("512MB") == 512 * 2**20
+    assert parse_bytes("1024") == 1024
+    assert parse_bytes("24GB") == parse_bytes("24G") == parse_bytes("24 GiB") == 24 * 2**30
+    assert parse_bytes("1.5g") == 3 * 2**29
+    assert parse_bytes("512MB") == 512 * 2**20
 
 
 def test_machine_facts_are_sane():

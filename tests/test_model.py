@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from gptoss_mlx import load_model
-from gptoss_mlx.cache import cache_nbytes, restore, snapshot
+from gptoss_mlx.model.cache import cache_nbytes, restore, snapshot
 
 from .reference import rel_max_err, torch_logits, torch_reference
 
@@ -120,8 +120,8 @@ def test_yarn_frequencies_equal_transformers(tiny_checkpoint):
     from transformers import GptOssConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from gptoss_mlx.config import ModelConfig
-    from gptoss_mlx.model import yarn_inv_freq
+    from gptoss_mlx.model.config import ModelConfig
+    from gptoss_mlx.model.gpt_oss import yarn_inv_freq
 
     for head_dim in (32, 64):  # the tiny preset and the real models
         raw = json.loads((tiny_checkpoint / "config.json").read_text()) | {"head_dim": head_dim}
@@ -135,8 +135,8 @@ def test_yarn_frequencies_equal_transformers(tiny_checkpoint):
 def test_mlx_lm_ignores_yarn_truncate_false(tiny_checkpoint, mlx_lm_model):
     """gpt-oss configs say `truncate: false`; mlx-lm always rounds the YaRN correction range,
     so its rotary frequencies (and logits) differ slightly from the reference. Ours do not."""
-    from gptoss_mlx.config import ModelConfig
-    from gptoss_mlx.model import yarn_inv_freq
+    from gptoss_mlx.model.config import ModelConfig
+    from gptoss_mlx.model.gpt_oss import yarn_inv_freq
 
     cfg = ModelConfig.from_dir(tiny_checkpoint)
     assert cfg.rope_scaling["truncate"] is False
@@ -151,9 +151,9 @@ def test_mlx_lm_ignores_yarn_truncate_false(tiny_checkpoint, mlx_lm_model):
 @pytest.mark.parametrize("tokens", [SHORT, LONG], ids=["5-tokens", "29-tokens"])
 def test_logits_match_mlx_lm_on_the_same_weights(tiny_checkpoint, mlx_lm_model, tokens):
     """Same weights, same maths: equal to mlx-lm once its YaRN rounding is applied to ours."""
-    from gptoss_mlx.loader import load_model as load
+    from gptoss_mlx.model.loader import load_model as load
 
-    ours, _ = load(tiny_checkpoint, dtype="float32")
+    ours = load(tiny_checkpoint, dtype="float32")
     for layer in ours.layers:
         cfg = ours.config
         cfg.rope_scaling = cfg.rope_scaling | {"truncate": True}

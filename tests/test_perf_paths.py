@@ -16,9 +16,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from gptoss_mlx import cpu_kernels as ck
-from gptoss_mlx.device import backend_report, cpu_fast_path
-from gptoss_mlx.loader import load_model
+from gptoss_mlx.backend import kernels as ck
+from gptoss_mlx.backend.device import backend_report, cpu_fast_path
+from gptoss_mlx.model.loader import load_model
 
 from .reference import rel_max_err
 
@@ -67,7 +67,7 @@ def test_dequant_kernel_equals_mx_dequantize():
 
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
-    m = load_model(tiny_checkpoint, dtype="float32")[0]
+    m = load_model(tiny_checkpoint, dtype="float32")
     yield m
     m.set_fast_path(None)
 
@@ -96,7 +96,7 @@ def test_fast_path_is_the_cpu_default(model):
     ids=["decode-kernel", "per-expert-kernel", "all-direct", "all-dequant-blas", "mixed"],
 )
 def test_moe_equals_gather_qmm(model, monkeypatch, n, dequant_min):
-    from gptoss_mlx import cpu_path
+    from gptoss_mlx.backend import cpu_path as cpu_path
 
     monkeypatch.setattr(cpu_path, "DEQUANT_MIN_TOKENS", dequant_min)
     mlp = model.layers[1].mlp
@@ -196,7 +196,7 @@ def run_python(code: str, **env: str) -> dict:
 
 BLAS_PROBE = """
 import json
-from gptoss_mlx.device import prepare_backend
+from gptoss_mlx.backend.device import prepare_backend
 st = prepare_backend()
 import mlx.core as mx, numpy as np
 a = mx.random.normal((64, 96), key=mx.random.key(0)); b = mx.random.normal((96, 80), key=mx.random.key(1))
@@ -208,8 +208,9 @@ print(json.dumps({"loaded": st.loaded, "reason": st.reason, "err": err}))
 def test_blas_preload_gives_the_same_matmul():
     r = run_python(BLAS_PROBE)
     assert r["err"] < 1e-3
-    if sys.platform.startswith("linux") and r["loaded"] is False:
-        assert "OpenBLAS" in r["reason"] or "no" in r["reason"]
+    if sys.platform.startswith("linux"):
+        # Loaded, or a reason that names the library and how to get it.
+        assert r["loaded"] or "libopenblas0-pthread" in r["reason"] or "OpenBLAS" in r["reason"], r
 
 
 def test_blas_can_be_turned_off():
@@ -235,10 +236,10 @@ print(json.dumps(m.fast_path()))
 @pytest.mark.parametrize("n", [1, 9])
 def test_real_width_experts_equal_gather_qmm(n):
     """One layer of the 20b-width checkpoint (2880 wide, 32 experts, real MXFP4 scales)."""
-    from gptoss_mlx.config import ModelConfig
-    from gptoss_mlx.cpu_path import CpuFastPath
-    from gptoss_mlx.loader import read_weights
-    from gptoss_mlx.model import MLP
+    from gptoss_mlx.backend.cpu_path import CpuFastPath
+    from gptoss_mlx.model.config import ModelConfig
+    from gptoss_mlx.model.gpt_oss import MLP
+    from gptoss_mlx.model.loader import read_weights
 
     cfg = ModelConfig.from_dir(BENCH_CKPT)
     weights = read_weights(BENCH_CKPT, cfg)
@@ -262,8 +263,8 @@ def test_real_width_experts_equal_gather_qmm(n):
 )
 def test_attention_kernel_equals_mlx_sdpa(L, S, window):
     """gpt-oss shapes (64 heads of 64 over 8 KV heads), cached keys, sliding window or not."""
-    from gptoss_mlx.cpu_path import CpuFastPath
-    from gptoss_mlx.model import _window_mask
+    from gptoss_mlx.backend.cpu_path import CpuFastPath
+    from gptoss_mlx.model.gpt_oss import _window_mask
 
     keys = mx.random.split(mx.random.key(L + S + window), 4)
     q = mx.random.normal((1, 64, L, 64), key=keys[0])

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from gptoss_mlx import hub, registry
+from gptoss_mlx.checkpoint.contents import tensors
 from gptoss_mlx.errors import BadCheckpointError, ModelNotFoundError, UserError
-from gptoss_mlx.registry import resolve_model
+from gptoss_mlx.hub import download as hub
+from gptoss_mlx.hub import local as registry
+from gptoss_mlx.hub.local import resolve_model
 
 from .hub_server import FakeHub, cli_env, gpt_oss_decoys, repo_from_dir
 
@@ -68,30 +70,27 @@ def test_repo_id_for():
 
 
 def test_a_path_resolves_to_itself(env, tiny_checkpoint):
-    assert (
-        resolve_model(str(tiny_checkpoint), yes=False, interactive=False)
-        == Path(tiny_checkpoint).resolve()
-    )
+    assert resolve_model(str(tiny_checkpoint), yes=False) == Path(tiny_checkpoint).resolve()
 
 
 def test_a_path_without_config_is_refused(env, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BadCheckpointError, match="has no config.json: not a model directory"):
-        resolve_model(str(tmp_path / "empty"), yes=False, interactive=False)
+        resolve_model(str(tmp_path / "empty"), yes=False)
     with pytest.raises(ModelNotFoundError, match="does not exist"):
-        resolve_model(str(tmp_path / "nope"), yes=False, interactive=False)
+        resolve_model(str(tmp_path / "nope"), yes=False)
 
 
 def test_alias_resolves_to_the_cached_snapshot(downloaded):
     assert downloaded.parent.name == "snapshots"
-    assert resolve_model("20b", yes=False, interactive=False) == downloaded
-    assert resolve_model("openai/gpt-oss-20b", yes=False, interactive=False) == downloaded
+    assert resolve_model("20b", yes=False) == downloaded
+    assert resolve_model("openai/gpt-oss-20b", yes=False) == downloaded
 
 
 def test_cache_is_read_without_huggingface_hub(downloaded):
     code = (
-        "import sys; from gptoss_mlx.registry import resolve_model; "
-        "p = resolve_model('20b', yes=False, interactive=False); "
+        "import sys; from gptoss_mlx.hub.local import resolve_model; "
+        "p = resolve_model('20b', yes=False); "
         "assert 'huggingface_hub' not in sys.modules and 'mlx' not in sys.modules; print(p)"
     )
     r = subprocess.run(
@@ -103,31 +102,31 @@ def test_cache_is_read_without_huggingface_hub(downloaded):
 
 def test_converted_model_is_preferred_over_the_download(downloaded, tiny_checkpoint):
     conv = fake_converted(Path(tiny_checkpoint))
-    assert resolve_model("20b", yes=False, interactive=False) == conv
-    assert resolve_model("gpt-oss-20b-mlx", yes=False, interactive=False) == conv
+    assert resolve_model("20b", yes=False) == conv
+    assert resolve_model("gpt-oss-20b-mlx", yes=False) == conv
 
 
 def test_incomplete_snapshot_is_not_used(downloaded):
-    from gptoss_mlx.safetensors_io import shard_paths
+    from gptoss_mlx.checkpoint.safetensors import shard_paths
 
     shard = shard_paths(downloaded)[0]
     shard.unlink()
     assert registry.cached_snapshot("openai/gpt-oss-20b") is None
     with pytest.raises(ModelNotFoundError):
-        resolve_model("20b", yes=False, interactive=False)
+        resolve_model("20b", yes=False)
     [m] = registry.list_local_models()
     assert not m.complete and m.format == "incomplete"
 
 
 def test_missing_model_not_interactive(env, fake_hub):
     with pytest.raises(ModelNotFoundError) as e:
-        resolve_model("20b", yes=False, interactive=False)
+        resolve_model("20b", yes=False)
     assert str(e.value) == "model 20b is not downloaded; run `gptoss download 20b` (or pass --yes)"
     assert fake_hub.requests == []
 
 
 def test_missing_model_with_yes_downloads_it(env, fake_hub):
-    path = resolve_model("20b", yes=True, interactive=False)
+    path = resolve_model("20b", yes=True)
     assert registry.is_complete(path)
     assert path == registry.cached_snapshot("openai/gpt-oss-20b")
     assert not [r for r in fake_hub.requests if "original/" in r.path or "metal/" in r.path]
@@ -136,15 +135,15 @@ def test_missing_model_with_yes_downloads_it(env, fake_hub):
 def test_missing_model_offline(env, monkeypatch, fake_hub):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelNotFoundError, match="is not downloaded and HF_HUB_OFFLINE is set"):
-        resolve_model("20b", yes=True, interactive=False)
+        resolve_model("20b", yes=True)
     assert fake_hub.requests == []
 
 
 def test_unknown_spec(env):
     with pytest.raises(ModelNotFoundError, match="unknown model 'foo'"):
-        resolve_model("foo", yes=True, interactive=True)
+        resolve_model("foo", yes=True, ask=lambda q: True)
     with pytest.raises(UserError, match="no model given"):
-        resolve_model(" ", yes=True, interactive=True)
+        resolve_model(" ", yes=True, ask=lambda q: True)
 
 
 def _ask_in_a_terminal(answer: str, env: dict[str, str]) -> tuple[int, str]:
@@ -152,10 +151,11 @@ def _ask_in_a_terminal(answer: str, env: dict[str, str]) -> tuple[int, str]:
     import pty
 
     code = (
-        "from gptoss_mlx.registry import resolve_model, stdin_is_interactive\n"
+        "from gptoss_mlx.cli.resolve import model_path\n"
+        "from gptoss_mlx.ui.ask import stdin_is_interactive\n"
         "from gptoss_mlx.errors import UserError\n"
         "try:\n"
-        "    print('RESULT', resolve_model('20b', yes=False, interactive=stdin_is_interactive()))\n"
+        "    print('RESULT', model_path('20b', yes=False, interactive=stdin_is_interactive()))\n"
         "except UserError as e:\n"
         "    print('ERROR', e)\n"
     )
@@ -223,13 +223,14 @@ def test_list_local_models(downloaded, tiny_checkpoint):
 
 
 def test_quantization_of_converted_models(tiny_checkpoint, tmp_path):
-    convert = pytest.importorskip("gptoss_mlx.convert").convert
+    from gptoss_mlx.hub.convert import convert
+
     for rest, expected in (
         ("bf16", "mxfp4 experts, bf16 rest"),
         ("q8", "mxfp4 experts, 8-bit rest"),
     ):
         dst = tmp_path / rest
-        convert(tiny_checkpoint, dst, rest=rest, verify=False, progress=False)
+        convert(tiny_checkpoint, dst, rest=rest, verify=False)
         assert registry.describe_quantization(dst) == expected
         assert registry.format_label(dst) == "MLX"
 
@@ -237,4 +238,4 @@ def test_quantization_of_converted_models(tiny_checkpoint, tmp_path):
 def test_tensors_of_a_damaged_checkpoint(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\xff" * 16)
     with pytest.raises(BadCheckpointError, match="download or convert it again"):
-        registry.tensors(tmp_path)
+        tensors(tmp_path)

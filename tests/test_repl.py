@@ -17,9 +17,10 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
-from gptoss_mlx import chatstore, harmony
-from gptoss_mlx.render import MarkdownTail, Renderer, footer_text
-from gptoss_mlx.repl import (
+from gptoss_mlx import harmony
+from gptoss_mlx.session import store as chatstore
+from gptoss_mlx.ui.render import MarkdownTail, Renderer, footer_text
+from gptoss_mlx.ui.repl import (
     COMMANDS,
     Repl,
     SlashCompleter,
@@ -59,19 +60,19 @@ def clean_env(tmp_path, monkeypatch):
 
 
 def load(model_dir: Path):
-    from gptoss_mlx.engine import open_session
+    from gptoss_mlx.session.open import open_session
     from gptoss_mlx.settings import resolve
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPTOSS_CONFIG", "/nonexistent/gptoss-config.toml")
         settings = resolve({"temperature": 0, "max_tokens": 8, "context": 4096})
-        return open_session(settings, interactive=False, path=model_dir)
+        return open_session(settings, model_dir)
 
 
 def session_factory(loaded):
     """Fresh conversations on a loaded model (loading once per module keeps the tests fast)."""
-    from gptoss_mlx.generate import SamplerSettings
-    from gptoss_mlx.session import ChatSession, SessionSettings
+    from gptoss_mlx.model.sampling import SamplerSettings
+    from gptoss_mlx.session.chat import ChatSession, SessionSettings
 
     def make(**overrides):
         settings = SessionSettings(
@@ -110,20 +111,18 @@ def speaking(harmony_loaded):
 
 @pytest.fixture(scope="module")
 def tokenizer_only(tiny_checkpoint):
-    from gptoss_mlx.engine import open_session
+    from gptoss_mlx.session.open import open_session
     from gptoss_mlx.settings import resolve
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GPTOSS_CONFIG", "/nonexistent/gptoss-config.toml")
-        return open_session(
-            resolve({}), interactive=False, for_prompt_only=True, path=tiny_checkpoint
-        )
+        return open_session(resolve({}), tiny_checkpoint, for_prompt_only=True)
 
 
 @pytest.fixture
 def prompt_only(tokenizer_only):
     """A session with the real tokenizer and harmony encoding but no weights: for commands."""
-    from gptoss_mlx.session import ChatSession
+    from gptoss_mlx.session.chat import ChatSession
 
     session = ChatSession(None, tokenizer_only.tokenizer, tokenizer_only.encoding)
     session.model_path = tokenizer_only.model_path
@@ -499,7 +498,7 @@ def test_markdown_tail_prints_finished_blocks_once():
 
 
 def test_footer_text():
-    from gptoss_mlx.generate import GenerationStats
+    from gptoss_mlx.model.generate import GenerationStats
 
     stats = GenerationStats(
         generated_tokens=40, time_to_first_token=0.5, decode_seconds=1.0, finish_reason="stop"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gptoss_mlx.cli_run import read_prompt
+from gptoss_mlx.cli.run import read_prompt
 from gptoss_mlx.errors import UserError
 
 
@@ -174,7 +174,9 @@ def test_module_entry_point_matches_console_script(tiny_checkpoint):
 def test_run_and_chat_pass_every_shared_option_to_the_settings():
     import inspect
 
-    from gptoss_mlx import cli_chat, cli_options, cli_run
+    from gptoss_mlx.cli import chat as cli_chat
+    from gptoss_mlx.cli import options as cli_options
+    from gptoss_mlx.cli import run as cli_run
     from gptoss_mlx.settings import resolve
 
     for cmd in (cli_run.run_cmd, cli_chat.chat_cmd):

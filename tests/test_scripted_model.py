@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptoss_mlx import harmony
-from gptoss_mlx.generate import SamplerSettings
-from gptoss_mlx.session import ChatSession, SessionSettings
+from gptoss_mlx.model.sampling import SamplerSettings
+from gptoss_mlx.session.chat import ChatSession, SessionSettings
 
 from .scripted_model import ScriptedModel
 

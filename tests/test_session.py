@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from gptoss_mlx import harmony
-from gptoss_mlx.engine import open_session
 from gptoss_mlx.errors import ContextFullError
+from gptoss_mlx.session.open import open_session
 from gptoss_mlx.settings import resolve
 
 from .reference import rel_max_err
@@ -16,9 +16,7 @@ from .reference import rel_max_err
 
 @pytest.fixture
 def session(tiny_checkpoint):
-    s = open_session(
-        resolve({"temperature": 0, "max_tokens": 12}), interactive=False, path=tiny_checkpoint
-    )
+    s = open_session(resolve({"temperature": 0, "max_tokens": 12}), tiny_checkpoint)
     s.settings.date = "2026-11-30"
     return s
 
@@ -70,11 +68,7 @@ def test_retry_prefills_nothing_and_undo_reuses_the_cache(session):
 
 
 def test_context_full_is_refused_before_any_work_and_keeps_the_chat(tiny_checkpoint):
-    s = open_session(
-        resolve({"temperature": 0, "max_tokens": 8, "context": 120}),
-        interactive=False,
-        path=tiny_checkpoint,
-    )
+    s = open_session(resolve({"temperature": 0, "max_tokens": 8, "context": 120}), tiny_checkpoint)
     s.turn("Hi")
     kept = [m.to_dict() for m in s.messages]
     with pytest.raises(ContextFullError, match="/undo or /reset"):
@@ -83,9 +77,7 @@ def test_context_full_is_refused_before_any_work_and_keeps_the_chat(tiny_checkpo
 
 
 def test_reply_stops_at_the_context_limit(tiny_checkpoint):
-    s = open_session(
-        resolve({"temperature": 0, "context": 90}), interactive=False, path=tiny_checkpoint
-    )
+    s = open_session(resolve({"temperature": 0, "context": 90}), tiny_checkpoint)
     r = s.turn("Hi")
     assert r.finish_reason == "context_full"
     assert r.stats.prompt_tokens + r.stats.generated_tokens <= 91
@@ -130,7 +122,7 @@ def test_effort_change_rerenders_the_system_message(session):
 def test_session_round_trips_through_dict(session, tiny_checkpoint):
     session.turn("Hello")
     data = session.to_dict()
-    other = open_session(resolve({"temperature": 0}), interactive=False, path=tiny_checkpoint)
+    other = open_session(resolve({"temperature": 0}), tiny_checkpoint)
     other.load_dict(data)
     assert other.prompt_tokens() == session.prompt_tokens()
     assert [m.to_dict() for m in other.messages] == [m.to_dict() for m in session.messages]

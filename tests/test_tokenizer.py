@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptoss_mlx.errors import BadCheckpointError
-from gptoss_mlx.tokenizer import (
+from gptoss_mlx.harmony.tokenizer import (
     HARMONY_SPECIAL_TOKENS,
     O200K_PATTERN,
     Tokenizer,

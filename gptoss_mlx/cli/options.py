@@ -1,0 +1,113 @@
+"""Command-line options shared by `gptoss run` and `gptoss chat`: one definition of each.
+
+Values are resolved by settings.resolve: flag > environment > config file > default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+
+# Options shared by `run` and `chat`: one definition, resolved by settings.resolve (flag > env > config > default).
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "-m",
+        "--model",
+        help="Model: 20b, 120b, a hub repo id or a path. Env GPTOSS_MODEL.",
+        show_default=False,
+    ),
+]
+EffortOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--effort",
+        "-e",
+        help="Reasoning effort: low, medium (default) or high.",
+        show_default=False,
+    ),
+]
+InstructionsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--instructions", "-i", help="Developer instructions (system prompt).", show_default=False
+    ),
+]
+TemperatureOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--temperature",
+        "-t",
+        help="Sampling temperature (default 1.0; 0 = greedy).",
+        show_default=False,
+    ),
+]
+TopPOpt = Annotated[
+    float | None,
+    typer.Option("--top-p", help="Nucleus sampling (default 1.0).", show_default=False),
+]
+TopKOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--top-k", help="Keep the k most likely tokens (default 0 = off).", show_default=False
+    ),
+]
+MinPOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-p",
+        help="Drop tokens below min-p x the top probability (default 0).",
+        show_default=False,
+    ),
+]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option("--seed", help="Random seed for reproducible sampling.", show_default=False),
+]
+MaxTokensOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tokens",
+        "-n",
+        help="Most tokens to generate per reply (default: what the context allows).",
+        show_default=False,
+    ),
+]
+ContextOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--context", "-c", help="Context window cap in tokens (default 131072).", show_default=False
+    ),
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dtype",
+        help="Activation dtype: float32, bfloat16 (default: best for the device).",
+        show_default=False,
+    ),
+]
+YesOpt = Annotated[
+    bool,
+    typer.Option("--yes", "-y", help="Answer yes to questions (e.g. download a missing model)."),
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Load even if the memory check says the model does not fit.")
+]
+
+
+# The options above, by parameter name: what run and chat pass to settings.resolve.
+SHARED = (
+    "model", "effort", "instructions", "temperature", "top_p", "top_k", "min_p", "seed",
+    "max_tokens", "context", "dtype", "yes", "force",
+)  # fmt: skip
+
+
+def settings_from(params: Mapping[str, Any]) -> Any:  # -> settings.Settings
+    """Settings from a command's parameters (pass `locals()`): the shared options given."""
+    from ..settings import resolve
+
+    given = {k: params[k] for k in SHARED if params[k] is not None and params[k] is not False}
+    return resolve(given)
