@@ -90,6 +90,11 @@ class McpConnections:
         fut = asyncio.run_coroutine_threadsafe(self._start_all(), self._loop)
         try:
             fut.result(timeout=self._start_timeout + _GRACE)
+        except TimeoutError:  # a backstop: _start_all itself gives up after start_timeout
+            fut.cancel()
+            for srv in self.servers:
+                if not srv.up:
+                    self._down(srv, "no answer", started=False)
         except BaseException:
             fut.cancel()
             raise
@@ -116,9 +121,7 @@ class McpConnections:
             await asyncio.wait_for(asyncio.shield(ready), self._start_timeout)
             return ""
         except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            task.cancel()  # its transport stops the process in the background; close() waits
             return f"no answer within {self._start_timeout:g} s"
         except ServerDown as exc:
             return str(exc)

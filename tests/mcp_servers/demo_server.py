@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from mcp.server.mcpserver import Image, MCPServer
+from mcp.server.mcpserver import Context, Image, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
 server = MCPServer("demo")
@@ -60,6 +60,13 @@ def crash() -> str:
     sys.stderr.write("demo server: crashing on purpose\n")
     sys.stderr.flush()
     os._exit(3)
+
+
+@server.tool()
+def header(name: str, ctx: Context) -> str:
+    """The value of an HTTP request header ("(none)" over stdio)."""
+    headers = ctx.headers or {}
+    return headers.get(name.lower(), "(none)")
 
 
 @server.tool()
