@@ -197,7 +197,31 @@ def _description(tool: Any) -> str:
 
 def _schema(tool: Any) -> dict[str, Any]:
     schema = tool.input_schema
-    return schema if isinstance(schema, dict) else {"type": "object", "properties": {}}
+    return (
+        clean_schema(schema) if isinstance(schema, dict) else {"type": "object", "properties": {}}
+    )
+
+
+_SUBSCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
+_LITERALS = ("default", "enum", "const", "examples")
+
+
+def clean_schema(schema: Any) -> Any:
+    """`schema` without `title` keywords: harmony renders each as a comment, and the titles
+    pydantic-based servers generate ("A", "City", "addArguments") only restate the names."""
+    if isinstance(schema, list):
+        return [clean_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key in _SUBSCHEMA_MAPS and isinstance(value, dict):
+            out[key] = {name: clean_schema(sub) for name, sub in value.items()}
+        else:
+            out[key] = value if key in _LITERALS else clean_schema(value)
+    return out
 
 
 def _parse_arguments(text: str) -> dict[str, Any] | str:
