@@ -3,7 +3,7 @@
 Pages: the golden HTML files under tests/golden/browser/ at /<name>.html; /doc.pdf (a PDF made
 here); /notes.txt; /big (50 MB of text, streamed; bytes actually sent are counted in
 `big_sent`); /slow (a page that sends its start, then stalls); /hang (no answer at all);
-/loop (redirects to itself); /hop/<n> (n redirects, then /links.html); /missing (404);
+/loop (redirects to itself); /to-file (redirects to file://); /hop/<n> (n redirects, then /links.html); /missing (404);
 /blob (application/octet-stream); /set-cookie and /echo (headers the client sent).
 
 Search APIs, in the JSON their documentation gives: SearXNG at /searxng/search?format=json,
@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -29,7 +29,11 @@ EXA_KEY = "exa-test-key"
 BIG_SIZE = 50 * 1024 * 1024
 RESULTS = [
     ("Links and lists", "http://docs.example.org:{port}/links.html", "A page of links."),
-    ("Plain notes", "http://docs.example.org:{port}/notes.txt", "Some <b>plain</b> notes &amp; more."),
+    (
+        "Plain notes",
+        "http://docs.example.org:{port}/notes.txt",
+        "Some <b>plain</b> notes &amp; more.",
+    ),
     ("A PDF", "http://files.example.net:{port}/doc.pdf", "The PDF."),
 ]
 NOTES = "Notes\n\nFirst line of notes.\nThe answer is 42 and it is 【boxed】.\n"
@@ -153,10 +157,8 @@ def _slow(h, web, parts, body) -> None:
     h.wfile.write(b"<html><head><title>Slow</title></head><body><p>The start arrives.</p>")
     h.wfile.flush()
     web.stall.wait(10)
-    try:
+    with suppress(OSError):
         h.wfile.write(b"<p>The end arrives late.</p></body></html>")
-    except OSError:
-        pass
     h.close_connection = True
 
 
@@ -186,7 +188,13 @@ def _brave(h, web, parts, body) -> None:
     if h.headers.get("X-Subscription-Token") != BRAVE_KEY:
         return h._json({"type": "ErrorResponse", "error": {"status": 401}}, 401)
     results = [{"title": t, "url": u, "description": s} for t, u, s in web.results()]
-    h._json({"type": "search", "query": {"original": "q"}, "web": {"type": "search", "results": results}})
+    h._json(
+        {
+            "type": "search",
+            "query": {"original": "q"},
+            "web": {"type": "search", "results": results},
+        }
+    )
 
 
 def _exa(h, web, parts, body) -> None:
@@ -235,6 +243,9 @@ _ROUTES = {
     "/exa/search": _exa,
     "/ddg/html/": _ddg,
     "/set-cookie": _cookie,
+    "/to-file": lambda h, w, p, b: h._send(
+        302, b"", "text/plain", {"Location": "file:///etc/passwd"}
+    ),
     "/echo": _echo,
 }
 _PREFIX_ROUTES = [("/hop/", _redirect), ("/", _golden_page)]

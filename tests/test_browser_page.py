@@ -57,8 +57,16 @@ def test_html_pages_render_as_the_goldens(name: str) -> None:
 
 def test_search_results_page_renders_as_the_golden() -> None:
     hits = [
-        SearchHit("Mixture of experts - Wikipedia", "https://en.wikipedia.org/wiki/MoE", "A <b>mixture</b> of experts &amp; routers."),
-        SearchHit("gpt-oss model card", "https://arxiv.org/abs/2508.10925", "We introduce gpt-oss-120b and gpt-oss-20b, two open-weight reasoning models that push the frontier."),
+        SearchHit(
+            "Mixture of experts - Wikipedia",
+            "https://en.wikipedia.org/wiki/MoE",
+            "A <b>mixture</b> of experts &amp; routers.",
+        ),
+        SearchHit(
+            "gpt-oss model card",
+            "https://arxiv.org/abs/2508.10925",
+            "We introduce gpt-oss-120b and gpt-oss-20b, two open-weight reasoning models that push the frontier.",
+        ),
         SearchHit("Guide", "https://docs.example.org/guide", ""),
     ]
     page = search_results_page("mixture of experts", hits)
@@ -66,7 +74,9 @@ def test_search_results_page_renders_as_the_golden() -> None:
     lines = display.split("\n")
     assert lines[0] == "[2] mixture of experts"  # a search page has no URL in its header
     assert lines[3:7] == ["L0: ", "L1: URL: ", "L2: # Search Results", "L3: "]
-    assert lines[7].startswith("L4:   * 【0†Mixture of experts - Wikipedia†en.wikipedia.org】 A mixture")
+    assert lines[7].startswith(
+        "L4:   * 【0†Mixture of experts - Wikipedia†en.wikipedia.org】 A mixture"
+    )
     assert page.links[1] == "https://ar5iv.org/abs/2508.10925"
     _check_golden("search", _golden_text(page, display))
 
@@ -99,7 +109,10 @@ def test_window_is_about_1024_tokens_and_scrolls() -> None:
     later = show(page, 0, end + 1, num_lines=5)
     assert later.split("\n")[1] == f"**viewing lines [{end + 1} - {end + 5}] of {total - 1}**"
     assert later.split("\n")[3].startswith(f"L{end + 1}: ")
-    assert show(page, 0, total - 1).split("\n")[1] == f"**viewing lines [{total - 1} - {total - 1}] of {total - 1}**"
+    assert (
+        show(page, 0, total - 1).split("\n")[1]
+        == f"**viewing lines [{total - 1} - {total - 1}] of {total - 1}**"
+    )
     with pytest.raises(UsageError, match=f"Cannot exceed page maximum of {total - 1}"):
         show(page, 0, total)
 
@@ -127,7 +140,9 @@ def test_find_is_case_insensitive_with_four_lines_of_context() -> None:
     lines = page.lines()
     hits = [i for i, line in enumerate(lines) if "needle" in line.lower()]
     assert len(hits) == 2 and result.kind == "find"
-    first, second = (f"# 【{n}†match at L{h}】\n" + "\n".join(lines[h : h + 4]) for n, h in enumerate(hits))
+    first, second = (
+        f"# 【{n}†match at L{h}】\n" + "\n".join(lines[h : h + 4]) for n, h in enumerate(hits)
+    )
     assert result.text == f"{first}\n\n{second}"
     assert result.snippet_lines == {0: hits[0], 1: hits[1]}
     assert result.title == f"Find results for text: `NEEDLE` in `{page.title}`"
@@ -143,7 +158,9 @@ def test_find_matches_link_text_not_link_markup() -> None:
 
 
 def test_pdf_text_and_title() -> None:
-    page = pdf_to_page(minimal_pdf(["Quarterly report", "Revenue grew by 12 percent."]), BASE + "q.pdf")
+    page = pdf_to_page(
+        minimal_pdf(["Quarterly report", "Revenue grew by 12 percent."]), BASE + "q.pdf"
+    )
     assert page.title == "Test PDF"
     assert "Quarterly report" in page.text and "Revenue grew by 12 percent." in page.text
     sniffed = document_to_page(minimal_pdf(["Sniffed"]), "application/octet-stream", None, "u")
@@ -155,7 +172,9 @@ def test_pdf_text_and_title() -> None:
 def test_plain_text_json_and_unsupported_types() -> None:
     page = document_to_page(b"line one\r\nline two\n", "text/plain", None, BASE + "a/notes.txt")
     assert page.title == "notes.txt" and page.lines() == ["line one", "line two"]
-    assert "caf\u00e9" in document_to_page("café".encode("latin-1"), "text/plain", "latin-1", "u").text
+    assert (
+        "caf\u00e9" in document_to_page("café".encode("latin-1"), "text/plain", "latin-1", "u").text
+    )
     assert document_to_page(b'{"a": 1}', "application/json", None, "u").text == '{"a": 1}'
     with pytest.raises(ValueError, match="image/png"):
         document_to_page(b"\x89PNG", "image/png", None, "u")
