@@ -8,7 +8,8 @@ here); /notes.txt; /big (50 MB of text, streamed; bytes actually sent are counte
 
 Search APIs, in the JSON their documentation gives: SearXNG at /searxng/search?format=json,
 Brave at /brave/res/v1/web/search (X-Subscription-Token), Exa at /exa/search (POST, x-api-key),
-DuckDuckGo's HTML at /ddg/html/ (POST). A path under /fail<status>/ answers that status (so
+DuckDuckGo's HTML at /ddg/html/ (POST; an ad first), and its bot check (202) at
+/ddg-blocked/html/. A path under /fail<status>/ answers that status (so
 `SearxngBackend(base + "/fail429")` meets a rate limit). Every request is kept in `requests`.
 """
 
@@ -216,7 +217,17 @@ def _ddg(h, web, parts, body) -> None:
         f'<a class="result__snippet" href="#">{s}</a></div></div>'
         for t, u, s in web.results()
     )
-    h._send(200, f"<html><body>{items}</body></html>".encode(), "text/html; charset=utf-8")
+    ad = (
+        '<div class="result result--ad"><h2 class="result__title"><a class="result__a" '
+        'href="https://duckduckgo.com/y.js?ad_domain=ads.example.com">An ad</a></h2></div>'
+    )
+    page = f"<html><body>{ad}{items}</body></html>"
+    h._send(200, page.encode(), "text/html; charset=utf-8")
+
+
+def _ddg_blocked(h, web, parts, body) -> None:
+    page = b"<html><body><form id='challenge-form' action='//duckduckgo.com/anomaly.js'></form></body></html>"
+    h._send(202, page, "text/html")
 
 
 def _cookie(h, web, parts, body) -> None:
@@ -242,6 +253,7 @@ _ROUTES = {
     "/brave/res/v1/web/search": _brave,
     "/exa/search": _exa,
     "/ddg/html/": _ddg,
+    "/ddg-blocked/html/": _ddg_blocked,
     "/set-cookie": _cookie,
     "/to-file": lambda h, w, p, b: h._send(
         302, b"", "text/plain", {"Location": "file:///etc/passwd"}

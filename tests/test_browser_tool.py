@@ -244,3 +244,34 @@ def test_make_backend_picks_by_name_then_configuration() -> None:
     ]:
         with pytest.raises(UserError, match=message):
             make_backend(name, searxng_url=None, env={})
+
+
+def test_duckduckgo_refusal_is_explained(web: Web) -> None:
+    backend = DuckDuckGoBackend(base_url=web.url("127.0.0.1", "/ddg-blocked"))
+    result = call(browser(web, backend), "search", query="q")
+    assert result.error and "DuckDuckGo refused" in result.text
+    assert "configure SearXNG, Brave or Exa" in result.summary
+
+
+def test_scheme_less_urls_get_https_and_others_are_refused(web: Web) -> None:
+    tool = browser(web)
+    bare = call(tool, "open", id=f"docs.example.org:{web.port}/links.html")
+    # https to a plain-HTTP stand-in fails, which shows the scheme that was added
+    assert bare.error and f"`https://docs.example.org:{web.port}/links.html`" in bare.text
+    for url in ("javascript:alert(1)", "data:text/html,<b>x</b>", "mailto:a@b.c"):
+        refused = call(tool, "open", id=url)
+        assert refused.error and "only http and https" in refused.text, url
+    quoted = call(tool, "open", id=web.url("docs.example.org", "/links.html"))
+    assert "【2†plain notes】" in quoted.text
+    assert "notes.txt" in call(tool, "open", id="2").text  # a quoted link id is still an id
+
+
+def test_a_cancelled_fetch_stops(web: Web) -> None:
+    import threading
+
+    cancel = threading.Event()
+    cancel.set()
+    result = browser(web).call(
+        "open", json.dumps({"id": web.url("docs.example.org", "/big")}), cancel=cancel
+    )
+    assert result.error and "cancelled" in result.text

@@ -37,9 +37,11 @@ class SearchBackend(ABC):
     def search(self, query: str, topn: int, fetcher: Fetcher) -> list[SearchHit]:
         """Up to `topn` hits; raises BackendError (or FetchError) on failure."""
 
-    def _call(self, fetcher: Fetcher, method: str, url: str, **kwargs: Any) -> Response:
+    def _call(
+        self, fetcher: Fetcher, method: str, url: str, ok: tuple[int, ...] = (200,), **kwargs: Any
+    ) -> Response:
         response = fetcher.request(method, url, allow_private=True, **kwargs)
-        if response.status != 200:
+        if response.status not in ok:
             raise self._status_error(response)
         if response.truncated:
             raise BackendError(
@@ -169,6 +171,7 @@ class DuckDuckGoBackend(SearchBackend):
             fetcher,
             "POST",
             f"{self.base_url}/html/",
+            ok=(200, 202),  # 202: DuckDuckGo's "are you a bot" page, recognised below
             headers={"Content-Type": "application/x-www-form-urlencoded"},
             body=urlencode({"q": query}).encode(),
         )
@@ -176,7 +179,7 @@ class DuckDuckGoBackend(SearchBackend):
         hits = []
         for result in root.xpath("//div[contains(concat(' ', @class, ' '), ' result ')]"):
             anchors = result.xpath(".//a[contains(@class, 'result__a')]")
-            if not anchors:
+            if not anchors or "result--ad" in result.get("class", ""):
                 continue
             url = _ddg_target(anchors[0].get("href", ""))
             if not url or "duckduckgo.com/y.js" in url:  # an ad
@@ -186,7 +189,7 @@ class DuckDuckGoBackend(SearchBackend):
             hits.append(SearchHit(anchors[0].text_content().strip(), url, snippet.strip()))
             if len(hits) >= topn:
                 break
-        if not hits and b"anomaly" in response.body.lower():
+        if not hits and (response.status == 202 or b"anomaly" in response.body.lower()):
             raise BackendError(
                 "Search is unavailable: DuckDuckGo refused the automated query. Answer without "
                 "searching.",

@@ -199,6 +199,10 @@ class Fetcher:
             raise FetchError(f"Cannot open `{url}`: {e}.") from e
         if not host:
             raise FetchError(f"Cannot open `{url}`: the URL has no host.")
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError as e:
+            raise FetchError(f"Cannot open `{url}`: `{host}` is not a valid host name.") from e
         address = self._resolve(host, port, url, private_ok)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         return scheme, host, port, address, path
@@ -288,8 +292,10 @@ class Fetcher:
         chunks: list[bytes] = []
         total = 0
         while True:
+            if cancel is not None and cancel.is_set():
+                raise FetchError("The request was cancelled by the user.", "browser: cancelled")
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or (cancel is not None and cancel.is_set()):
+            if remaining <= 0:
                 return b"".join(chunks), "time"
             if conn.sock is not None:
                 conn.sock.settimeout(remaining)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -137,8 +138,7 @@ class BrowserTool(Tool):
         if isinstance(link, str) and link.strip().lstrip("-").isdigit():
             link = int(link)  # the model sometimes quotes a link id
         if isinstance(link, str):
-            url = link.strip() if "://" in link else "https://" + link.strip()
-            page = self._fetch(url, view_source, refresh=True, cancel=cancel)
+            page = self._fetch(_as_url(link), view_source, refresh=True, cancel=cancel)
         elif isinstance(link, int) and not isinstance(link, bool):
             current = self._page(cursor)
             if link >= 0:
@@ -243,6 +243,16 @@ class BrowserTool(Tool):
             f"[Page truncated: the page did not finish loading within "
             f"{self.fetcher.timeout:g} s; only what arrived is shown.]"
         )
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:(?!\d)")
+
+
+def _as_url(text: str) -> str:
+    """A URL as given, or `https://` + a bare `example.com/page` (`file:`, `data:`... stay, to be
+    refused by the fetcher)."""
+    text = text.strip()
+    return text if _SCHEME.match(text) else "https://" + text
 
 
 def _int(args: dict[str, Any], key: str, default: int) -> int:
