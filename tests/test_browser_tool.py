@@ -20,6 +20,7 @@ from gptoss_mlx.tools.browser import (
     SearchBackend,
     SearxngBackend,
     make_backend,
+    normalize_citations,
 )
 
 from .browser_web import BRAVE_KEY, EXA_KEY, Web, serve
@@ -90,6 +91,12 @@ def test_search_open_by_id_find_and_scroll(web: Web) -> None:
     assert [p.cursor for p in tool.pages()] == [0, 1, 2, 3, 4, 5]
     assert tool.page_url(0) is None and tool.page_url(4) == tool.page_url(5)
     assert tool.page_url(2) == f"http://docs.example.org:{web.port}/notes.txt"
+    assert tool.page_url(3) == tool.page_url(2) and tool.page_url(6) is None
+    assert tool.page_title(1) == "Links and lists"
+    answer, notes = normalize_citations("Notes say 42【3†L0-L1】; see【0†L4】.", tool)
+    host = f"docs.example.org:{web.port}"
+    assert answer == f"Notes say 42 ([{host}](http://{host}/notes.txt)); see【0†L4】."
+    assert notes[0]["title"] == "notes.txt" and notes[0]["start_index"] == len("Notes say 42")
 
 
 def test_open_a_url_a_pdf_and_view_source(web: Web) -> None:

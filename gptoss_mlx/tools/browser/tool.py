@@ -79,11 +79,18 @@ class BrowserTool(Tool):
         """The URL cited as `【cursor†...】`, or None (no such page, or a search page)."""
         if not 0 <= cursor < len(self._stack):
             return None
-        url = self._stack[cursor].url.removeprefix("view-source:")
+        page = self._stack[cursor]
+        url = page.url.removeprefix("view-source:")
+        if page.kind == "find":  # cite the page that was searched, not the results
+            url = url.rsplit("/find?pattern=", 1)[0]
         return url or None
 
     def page_title(self, cursor: int) -> str | None:
-        return self._stack[cursor].title if 0 <= cursor < len(self._stack) else None
+        if not 0 <= cursor < len(self._stack):
+            return None
+        page = self._stack[cursor]
+        searched = self._cache.get(self.page_url(cursor) or "") if page.kind == "find" else None
+        return (searched or page).title
 
     def call(
         self, function: str, arguments: str, *, cancel: threading.Event | None = None
