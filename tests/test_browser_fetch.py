@@ -3,7 +3,11 @@ DNS, redirects, the size and time caps, cookies, the User-Agent and the offline 
 
 from __future__ import annotations
 
+import shutil
 import socket
+import ssl
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -170,3 +174,40 @@ def test_offline_makes_no_request(web: Web, var: str) -> None:
 def test_a_name_that_does_not_resolve() -> None:
     with pytest.raises(FetchError, match="could not be resolved"):
         local().get("http://no-such-host.invalid/")
+
+
+@pytest.fixture(scope="module")
+def tls_web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Web, ssl.SSLContext]]:
+    """The stand-in web over TLS, with a certificate for secure.example.org only."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=secure.example.org",
+         "-addext", "subjectAltName=DNS:secure.example.org"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    server_side = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_side.load_cert_chain(cert, key)
+    web = Web()
+    web.server.socket = server_side.wrap_socket(web.server.socket, server_side=True)
+    thread = threading.Thread(target=web.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield web, ssl.create_default_context(cafile=str(cert))
+    finally:
+        web.server.shutdown()
+        web.server.server_close()
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_name(
+    tls_web: tuple[Web, ssl.SSLContext],
+) -> None:
+    web, trust = tls_web
+    fetcher = local(ssl_context=trust)
+    response = fetcher.get(f"https://secure.example.org:{web.port}/links.html")
+    assert response.status == 200 and b"Links and lists" in response.body
+    with pytest.raises(FetchError, match="TLS failed"):  # the certificate names another host
+        fetcher.get(f"https://docs.example.org:{web.port}/links.html")
