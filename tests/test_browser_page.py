@@ -180,3 +180,11 @@ def test_plain_text_json_and_unsupported_types() -> None:
         document_to_page(b"\x89PNG", "image/png", None, "u")
     source = document_to_page(b"<p>Hi</p>", "text/html", None, BASE, view_source=True)
     assert source.text == "<p>Hi</p>" and source.url == "view-source:" + BASE
+
+
+def test_xhtml_with_an_encoding_declaration_and_empty_documents() -> None:
+    xhtml = '<?xml version="1.0" encoding="utf-8"?>\n<html xmlns="http://www.w3.org/1999/xhtml"><head><title>X</title></head><body><p>Körper</p></body></html>'
+    page = document_to_page(xhtml.encode(), "application/xhtml+xml", None, BASE + "x.xhtml")
+    assert page.title == "X" and page.text == "Körper"
+    empty = document_to_page(b"", "text/html", None, BASE + "empty")
+    assert empty.text == "" and show(empty, 0).endswith("**viewing lines [0 - 0] of 0**\n\nL0: ")

@@ -29,6 +29,7 @@ _EXTRA_NEWLINES_RE = re.compile(r"\n(\s*\n)+")
 _SMP_RE = re.compile(r"[\U00010000-\U0001FFFF]")
 _SPECIAL_CHARS = {"【": "〖", "】": "〗", "◼": "◾", "\u200b": ""}
 _SPECIAL_RE = re.compile("|".join(map(re.escape, _SPECIAL_CHARS)))
+_XML_DECLARATION_RE = re.compile(r"^\s*<\?xml[^>]*\?>")
 _META_CHARSET_RE = re.compile(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_\-]+)""", re.IGNORECASE)
 
 
@@ -157,6 +158,7 @@ def process_html(
 ) -> Page:
     """Turn an HTML document into a Page (the reference's `process_html`)."""
     html = clean_special_chars(_SMP_RE.sub("", html))
+    html = _XML_DECLARATION_RE.sub("", html)  # lxml refuses str input that declares an encoding
     try:
         root = lxml.html.fromstring(html)
     except (lxml.etree.ParserError, ValueError):
