@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from openai_harmony import ToolNamespaceConfig
-
 from gptoss_mlx.paths import data_dir
 
 from .base import Tool, ToolResult
@@ -112,7 +110,11 @@ class _Worker:
                 stream.close()  # type: ignore[union-attr]
 
     def why_dead(self, memory_limit: int) -> str:
-        code = self.proc.wait()
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:  # it closed its answer pipe but lives on
+            self.kill()
+            return "stopped answering"
         if self.watchdog is not None and self.watchdog.fired:
             return f"used more than the {memory_limit / 2**30:g} GiB memory limit and was killed"
         if code == -signal.SIGXCPU:
@@ -163,6 +165,8 @@ class PythonTool(Tool):
 
     def instruction(self) -> str:
         """harmony's python tool text, with the real timeout, directory and network."""
+        from openai_harmony import ToolNamespaceConfig  # only the prompt needs it, not the worker
+
         text = ToolNamespaceConfig.python().description
         text = _swap(text, "after 120.0 seconds", f"after {float(self.timeout)} seconds")
         text = _swap(text, "'/mnt/data'", f"'{self.workdir}'")

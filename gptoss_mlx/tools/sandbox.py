@@ -206,9 +206,9 @@ def bwrap_argv(
     for root in _outermost({*python_roots(), WORKER.parent.resolve()}):
         if any(root.is_relative_to(h) for h in hidden):
             argv += [*_mountpoint_dirs(root, hidden), "--ro-bind", str(root), str(root)]
+    argv += [*_mountpoint_dirs(scratch, hidden), "--bind", str(scratch), str(scratch)]
     for home in homes:  # writes to a hidden home fail loudly instead of vanishing
         argv += ["--remount-ro", str(home)]
-    argv += [*_mountpoint_dirs(scratch, hidden), "--bind", str(scratch), str(scratch)]
     if as_root:
         # Root is exempt from RLIMIT_NPROC even in a user namespace, so root gets no user
         # namespace; the worker drops to nobody with these two capabilities, which then vanish.
