@@ -67,7 +67,7 @@ def test_timeout_interrupts_and_keeps_state(tool: PythonTool) -> None:
     run(tool, "kept = 'yes'")
     started = time.monotonic()
     result = tool.call("", "n = 0\nwhile True:\n    n += 1")
-    assert 1.0 <= time.monotonic() - started < 3.0
+    assert 1.0 <= time.monotonic() - started < 6.0
     assert "KeyboardInterrupt" in result.text and "timed out after 1 s" in result.text
     assert result.error and not result.state_lost
     assert run(tool, "kept, n > 0") == "('yes', True)\n"
@@ -78,7 +78,7 @@ def test_hang_ignoring_sigint_is_killed_and_state_lost(tool: PythonTool) -> None
     code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
     started = time.monotonic()
     result = tool.call("", code)
-    assert 1.5 <= time.monotonic() - started < 4.0
+    assert 1.5 <= time.monotonic() - started < 8.0
     assert result.state_lost and result.error
     assert result.text == (
         "[ERROR] Execution timed out after 1 s; the Python session was restarted and its state lost."
@@ -94,7 +94,7 @@ def test_cancel_event_interrupts_a_sleep(tool: PythonTool) -> None:
     threading.Timer(0.3, cancel.set).start()
     started = time.monotonic()
     result = tool.call("", "import time\ntime.sleep(25)", cancel=cancel)
-    assert time.monotonic() - started < 3.0
+    assert time.monotonic() - started < 8.0
     assert "KeyboardInterrupt" in result.text and "Interrupted by the user" in result.text
     assert not result.state_lost
     assert run(tool, "kept") == "'still here'\n"

@@ -79,13 +79,30 @@ def _bwrap_probe(binary: str) -> tuple[bool, str, bool]:
     return True, "", "--size" in helptext.stdout
 
 
+@functools.lru_cache(maxsize=2)
+def _seatbelt_probe(binary: str) -> tuple[bool, str]:
+    argv = [binary, "-p", "(version 1)(allow default)", "/usr/bin/true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return False, str(err)
+    lines = done.stderr.strip().splitlines()
+    return done.returncode == 0, lines[-1] if lines else f"exit code {done.returncode}"
+
+
 def sandbox_status(*, bwrap: str | None = None, platform: str = sys.platform) -> tuple[str, str]:
     """(mode, one line) for `gptoss doctor`: "bubblewrap", "sandbox-exec" or "none" with the
     reason and the fix."""
     if platform == "darwin":
-        if os.access(SANDBOX_EXEC, os.X_OK):
-            return "sandbox-exec", f"macOS Seatbelt ({SANDBOX_EXEC}), deny-by-default profile"
-        return "none", f"{SANDBOX_EXEC} is missing; pass --python-unsafe to run python unsandboxed"
+        if not os.access(SANDBOX_EXEC, os.X_OK):
+            return (
+                "none",
+                f"{SANDBOX_EXEC} is missing; pass --python-unsafe to run python unsandboxed",
+            )
+        works, reason = _seatbelt_probe(SANDBOX_EXEC)
+        if not works:  # e.g. already inside another sandbox, which Seatbelt does not nest in
+            return "none", f"{SANDBOX_EXEC} refused ({reason}); pass --python-unsafe"
+        return "sandbox-exec", f"macOS Seatbelt ({SANDBOX_EXEC}), deny-by-default profile"
     if not platform.startswith("linux"):
         return "none", f"no sandbox on {platform}; pass --python-unsafe to run python unsandboxed"
     binary = bwrap_path(bwrap)
