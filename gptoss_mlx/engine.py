@@ -36,6 +36,7 @@ def open_session(
     interactive: bool,
     for_prompt_only: bool = False,
     path: Path | None = None,
+    strategy: str = "auto",
 ) -> Any:
     from . import harmony
     from .config import ModelConfig
@@ -51,6 +52,7 @@ def open_session(
             f"--context {settings.context} is larger than the model's maximum of {max_ctx} tokens"
         )
     encoding = harmony.encoding_for_model(path)
+    note = ""  # how the model is split across ranks, if it is
     if for_prompt_only:
         from .tokenizer import Tokenizer
 
@@ -60,24 +62,45 @@ def open_session(
         import mlx.core as mx
 
         from .device import activation_bytes, default_dtype
+        from .dist_control import current_group
         from .loader import load_model
         from .memory import check_memory, largest_context_that_fits
 
         dtype = settings.dtype or default_dtype()
         dtype_bytes = activation_bytes(dtype)
         context = settings.context
-        if context is None:
+        group = current_group()
+        if group is not None:
+            context = context or max_ctx
+            model, tokenizer, note = _load_sharded(path, group, settings, dtype, context, strategy)
+        elif context is None:
             # Not asked for: the longest context that fits this machine (all of it on a big Mac).
             fits = largest_context_that_fits(path, dtype_bytes=dtype_bytes)
             context = min(max_ctx, fits) if fits and fits >= 1024 else max_ctx
-        check_memory(path, context, dtype_bytes=dtype_bytes, force=settings.force)
-        model, tokenizer = load_model(path, dtype=dtype)
-        if settings.seed is not None:
-            mx.random.seed(settings.seed)
+        if group is None:
+            check_memory(path, context, dtype_bytes=dtype_bytes, force=settings.force)
+            model, tokenizer = load_model(path, dtype=dtype)
+            if settings.seed is not None:
+                mx.random.seed(settings.seed)
     if settings.max_tokens and settings.max_tokens >= context:
         raise UserError(
             f"--max-tokens {settings.max_tokens} does not fit in a {context}-token context"
         )
     session = ChatSession(model, tokenizer, encoding, session_settings(settings, context))
     session.model_path = path
+    session.distributed_note = note
     return session
+
+
+def _load_sharded(
+    path: Path, group: Any, settings: Settings, dtype: str, context: int, strategy: str
+) -> tuple[Any, Any, str]:
+    """This rank's share of the model, the RNG synced with rank 0, and what was chosen and why."""
+    from .dist_control import backend_name, choose_strategy, sync_seed
+    from .sharded_load import sharded_load
+    from .tokenizer import Tokenizer
+
+    chosen, why = choose_strategy(strategy, backend_name())
+    model, layout = sharded_load(path, group, chosen, dtype, context=context, force=settings.force)
+    sync_seed(group, settings.seed)
+    return model, Tokenizer.from_dir(path), f"{layout.size} ranks, {why}"

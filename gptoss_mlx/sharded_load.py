@@ -123,6 +123,14 @@ def rank_bytes(plan: dict[str, tuple[Source, _Meta]], layout: dist.Layout) -> in
     return total
 
 
+def cast_param(name: str, a: mx.array, dtype: mx.Dtype) -> mx.array:
+    """A float parameter in the activation dtype, except the embedding table (rows are cast when
+    gathered). Unlike the single-process loader nothing stays bf16 for the CPU fast path, which
+    is off when sharded: a mixed-dtype matmul would convert the whole weight on every call."""
+    keep = not mx.issubdtype(a.dtype, mx.floating) or name == "model.embed_tokens.weight"
+    return a if keep else a.astype(dtype)
+
+
 def check_rank_memory(need: int, force: bool) -> None:
     from .hub import human_bytes
     from .memory import available_memory
@@ -146,7 +154,7 @@ def sharded_load(
 ) -> tuple[Model, dist.Layout]:
     """Load this rank's share of the checkpoint at `path` for `group` (UserError if it cannot)."""
     from .device import default_dtype
-    from .loader import DTYPES, cast_activations
+    from .loader import DTYPES
     from .safetensors_io import ShardedCheckpoint
 
     path = Path(path).expanduser()
@@ -174,13 +182,13 @@ def sharded_load(
     arrays = {}
     for name in want:
         src, meta = plan[name]
-        arrays[name] = read_share(ckpt, src, meta, dist.param_split(name, layout), layout)
-        mx.eval(arrays[name])
+        a = read_share(ckpt, src, meta, dist.param_split(name, layout), layout)
+        arrays[name] = cast_param(name, a, DTYPES[dtype])
+        mx.eval(arrays[name])  # one tensor at a time: the peak stays near the share
     ckpt.close()
     dist.apply_params(model, arrays, want, layout)
     del arrays
-    cast_activations(model, DTYPES[dtype])
-    mx.eval(model.parameters())
+    model.dtype = DTYPES[dtype]
     model.eval()
     # Every rank has its share before anyone computes (and a dead peer shows up here).
     mx.eval(mx.distributed.all_sum(mx.array(1.0), group=group, stream=mx.cpu))
