@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit; GPTOSS_DEBUG=1 shows tracebacks."""
     debug = os.environ.get("GPTOSS_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, standalone_mode=False, prog_name="gptoss")
+        # Without standalone mode click returns a command's typer.Exit code instead of raising it.
+        code = app(args=argv, standalone_mode=False, prog_name="gptoss")
+        if isinstance(code, int) and code:
+            return code
     except UserError as e:
         if debug:
             raise
