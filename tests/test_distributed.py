@@ -129,6 +129,7 @@ def test_auto_strategy_follows_the_backend():
 
 # ---- real ranks ---------------------------------------------------------------------------------
 @needs_launch
+@pytest.mark.slow  # about 60 s on a busy 2-core machine: each rank loads four times
 def test_sharded_logits_equal_single_process(tiny_checkpoint):
     """Tensor and pipeline, loaded sharded and sharded in memory: whole prompt and KV-cache path."""
     r = launch(2, "-m", "tests.dist_worker", "logits", str(tiny_checkpoint), "tensor,pipeline")
@@ -160,6 +161,7 @@ def _run_json(r: subprocess.CompletedProcess) -> dict:
 
 
 @needs_launch
+@pytest.mark.slow  # about 35 s each on a busy 2-core machine
 @pytest.mark.parametrize("strategy", ["auto", "tensor"])
 def test_run_json_under_mlx_launch_equals_single_process(tiny_checkpoint, strategy):
     args = ["-m", "gptoss_mlx", "run", "-m", str(tiny_checkpoint), "-t", "0", "-n", "16"]
