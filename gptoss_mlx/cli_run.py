@@ -130,20 +130,9 @@ def run_cmd(
 ) -> None:
     """Answer one prompt and exit. Only the final answer goes to stdout."""
     from . import dist_control
-
-    settings = settings_from(locals())
-    group = dist_control.current_group() if dist_control.launched() else None
-    if group is None:
-        text = read_prompt(prompt)
-        specs = read_tools(tools) if tools else []
-    else:
-        # Rank 0 decides; the other ranks never read stdin and print nothing.
-        settings, text, specs = dist_control.share_outcome(
-            group, lambda: (settings, launched_prompt(prompt), read_tools(tools) if tools else [])
-        )
-        if group.rank() != 0:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     from .engine import open_session
+
+    settings, text, specs, group = _inputs(settings_from(locals()), prompt, tools)
 
     with dist_control.peer_errors():
         session = open_session(
@@ -163,6 +152,24 @@ def run_cmd(
             as_json,
             quiet=group is not None and group.rank() != 0,
         )
+
+
+def _inputs(settings: Any, prompt: str | None, tools: Path | None) -> tuple[Any, str, list, Any]:
+    """Settings, prompt text, tool specs and the distributed group (None for one process).
+
+    Under mlx.launch rank 0 decides and shares them; the other ranks never read stdin and
+    print nothing."""
+    from . import dist_control
+
+    group = dist_control.current_group() if dist_control.launched() else None
+    if group is None:
+        return settings, read_prompt(prompt), read_tools(tools) if tools else [], None
+    settings, text, specs = dist_control.share_outcome(
+        group, lambda: (settings, launched_prompt(prompt), read_tools(tools) if tools else [])
+    )
+    if group.rank() != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    return settings, text, specs, group
 
 
 def launched_prompt(prompt: str | None) -> str:
