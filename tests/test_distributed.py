@@ -128,11 +128,44 @@ def test_auto_strategy_follows_the_backend():
 
 
 # ---- real ranks ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_q8_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny model converted to the MLX layout with 8-bit affine attention, embedding and head."""
+    from gptoss_mlx.convert import convert
+
+    out = tmp_path_factory.mktemp("q8") / "tiny-q8"
+    convert(tiny_checkpoint, out, rest="q8", verify=False, progress=False)
+    return out
+
+
+def test_pipeline_cut_keeps_each_layers_mask_kind(tiny_checkpoint):
+    from gptoss_mlx import distributed as dist
+    from gptoss_mlx.safetensors_io import ShardedCheckpoint
+    from gptoss_mlx.sharded_load import param_sources, skeleton
+
+    cfg = ModelConfig.from_dir(tiny_checkpoint)
+    meta = {k: m for k, (_s, m) in param_sources(ShardedCheckpoint(tiny_checkpoint), cfg).items()}
+    for layout in (Layout(PIPELINE, 1, 2, 2, 4), Layout(PIPELINE, 1, 3, 2, 3)):
+        model = skeleton(cfg, meta)
+        dist.restructure(model, layout, group=None)
+        kinds = cfg.layer_types[layout.first : layout.stop]
+        assert model.config.layer_types == kinds and len(model.layers) == len(kinds)
+        windows = [cfg.sliding_window if k == "sliding_attention" else 0 for k in kinds]
+        assert [layer.self_attn.window for layer in model.layers] == windows
+        assert [type(c).__name__ for c in model.make_cache()] == [
+            "WindowKVCache" if k == "sliding_attention" else "FullKVCache" for k in kinds
+        ]
+
+
 @needs_launch
-@pytest.mark.slow  # about 60 s on a busy 2-core machine: each rank loads four times
-def test_sharded_logits_equal_single_process(tiny_checkpoint):
-    """Tensor and pipeline, loaded sharded and sharded in memory: whole prompt and KV-cache path."""
-    r = launch(2, "-m", "tests.dist_worker", "logits", str(tiny_checkpoint), "tensor,pipeline")
+@pytest.mark.slow  # about 60 s (HF layout) and 110 s (q8) on a busy 2-core machine
+@pytest.mark.parametrize("layout", ["hf", "mlx-q8"])
+def test_sharded_logits_equal_single_process(request, layout):
+    """Tensor and pipeline, loaded sharded and sharded in memory: whole prompt and KV-cache path,
+    on the Hugging Face layout and on an MLX conversion with quantized dense layers."""
+    fixture = "tiny_checkpoint" if layout == "hf" else "tiny_q8_checkpoint"
+    path = str(request.getfixturevalue(fixture))
+    r = launch(2, "-m", "tests.dist_worker", "logits", path, "tensor,pipeline")
     for row in rank_lines(r, 2):
         for key in ("loaded_tensor", "loaded_pipeline", "sharded_tensor"):
             assert row[key]["whole"] <= 1e-5, (key, row)
