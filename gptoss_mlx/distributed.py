@@ -295,9 +295,10 @@ class PipelineModel(Model):
                 finally:
                     object.__setattr__(self, "_inbox", None)
             if stage < lay.size - 1:
-                # Evaluated per stage so every rank runs its collectives in the same order.
+                # Evaluated per stage so every rank runs its collectives in the same order; on
+                # the CPU stream so a rank waiting for its turn holds no GPU command buffer.
                 out = x if stage == lay.rank else mx.zeros((B, L, cfg.hidden_size), self.dtype)
-                x = mx.distributed.all_sum(out, group=g)
+                x = mx.distributed.all_sum(out, group=g, stream=mx.cpu)
                 mx.eval(x)
         n = 1 if last_only else L
         if lay.is_last:
@@ -305,7 +306,7 @@ class PipelineModel(Model):
             logits = self.lm_head(h).astype(self.dtype)
         else:
             logits = mx.zeros((B, n, cfg.vocab_size), self.dtype)
-        return mx.distributed.all_sum(logits, group=g)
+        return mx.distributed.all_sum(logits, group=g, stream=mx.cpu)
 
 
 def restructure(model: Model, layout: Layout, group: Any) -> None:
