@@ -272,3 +272,25 @@ def test_four_ranks_tensor_and_pipeline(tiny_kv4_checkpoint):
     for row in rank_lines(r, 4):
         for key in ("loaded_tensor", "loaded_pipeline", "sharded_tensor"):
             assert row[key]["whole"] <= 1e-5 and row[key]["steps"] <= 1e-5, (key, row)
+
+
+def test_memory_guard_reasons_per_rank(tiny_checkpoint):
+    from gptoss_mlx.errors import NotEnoughMemoryError
+    from gptoss_mlx.safetensors_io import ShardedCheckpoint
+    from gptoss_mlx.sharded_load import check_rank_memory, param_sources, rank_bytes
+
+    cfg = ModelConfig.from_dir(tiny_checkpoint)
+    plan = param_sources(ShardedCheckpoint(tiny_checkpoint), cfg)
+    whole = rank_bytes(plan, Layout(TENSOR, 0, 1))
+    on_disk = sum(f.stat().st_size for f in tiny_checkpoint.glob("*.safetensors"))
+    assert 0.95 <= whole / on_disk <= 1.0
+    for layout in (
+        Layout(TENSOR, 1, 2),
+        Layout(PIPELINE, 0, 2, 0, 2),
+        Layout(PIPELINE, 1, 2, 2, 4),
+    ):
+        assert 0.45 <= rank_bytes(plan, layout) / whole <= 0.55, layout
+    with pytest.raises(NotEnoughMemoryError, match="this rank needs about") as e:
+        check_rank_memory(10**15, force=False)
+    assert "\n" not in str(e.value)
+    check_rank_memory(10**15, force=True)
