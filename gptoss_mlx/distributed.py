@@ -43,6 +43,7 @@ class Layout:
     size: int
     first: int = 0  # first layer held (pipeline)
     stop: int = 0  # one past the last layer held (pipeline)
+    note: str = ""  # why the strategy differs from the one asked for
 
     @property
     def is_first(self) -> bool:
@@ -152,6 +153,16 @@ def tensor_problem(
 
 def tensor_sizes(cfg: ModelConfig, experts_group_size: int, dense_groups: int = 0) -> list[int]:
     return [n for n in range(2, 65) if not tensor_problem(cfg, experts_group_size, n, dense_groups)]
+
+
+def settle_strategy(
+    cfg: ModelConfig, strategy: str, size: int, experts_group_size: int, dense_groups: int = 0
+) -> tuple[str, str]:
+    """For `--strategy auto`: tensor if it can split the model, else pipeline, and why."""
+    problem = tensor_problem(cfg, experts_group_size, size, dense_groups)
+    if strategy != TENSOR or size == 1 or not problem:
+        return strategy, ""
+    return PIPELINE, f"pipeline: tensor parallelism cannot split this model ({problem})"
 
 
 def check_layout(

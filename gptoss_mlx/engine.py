@@ -101,6 +101,9 @@ def _load_sharded(
     from .tokenizer import Tokenizer
 
     chosen, why = choose_strategy(strategy, backend_name())
-    model, layout = sharded_load(path, group, chosen, dtype, context=context, force=settings.force)
+    model, layout = sharded_load(
+        path, group, chosen, dtype, context=context, force=settings.force,
+        fallback=strategy == "auto",
+    )  # fmt: skip
     sync_seed(group, settings.seed)
-    return model, Tokenizer.from_dir(path), f"{layout.size} ranks, {why}"
+    return model, Tokenizer.from_dir(path), f"{layout.size} ranks, {layout.note or why}"

@@ -9,6 +9,7 @@ blocks) and the MLX one (ours, mlx-lm's, mlx-community's).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -151,8 +152,12 @@ def sharded_load(
     *,
     context: int = 0,
     force: bool = True,
+    fallback: bool = False,
 ) -> tuple[Model, dist.Layout]:
-    """Load this rank's share of the checkpoint at `path` for `group` (UserError if it cannot)."""
+    """Load this rank's share of the checkpoint at `path` for `group` (UserError if it cannot).
+
+    With `fallback` a model that tensor parallelism cannot split is split as a pipeline instead
+    (the layout's note says why)."""
     from .device import default_dtype
     from .loader import DTYPES
     from .safetensors_io import ShardedCheckpoint
@@ -167,9 +172,12 @@ def sharded_load(
     ckpt = ShardedCheckpoint(path)
     plan = param_sources(ckpt, cfg)
     model = skeleton(cfg, {k: m for k, (_s, m) in plan.items()})
-    layout = dist.make_layout(cfg, strategy, group.rank(), group.size())
     gs, dense = dist.quant_facts(model)
+    note = ""
+    if fallback:
+        strategy, note = dist.settle_strategy(cfg, strategy, group.size(), gs, dense)
     dist.check_layout(cfg, strategy, group.size(), gs, dense)
+    layout = replace(dist.make_layout(cfg, strategy, group.rank(), group.size()), note=note)
     want = dist.expected_shapes({k: m.shape for k, (_s, m) in plan.items()}, layout)
     share = (
         layout.size

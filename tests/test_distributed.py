@@ -96,6 +96,15 @@ def test_120b_tensor_sizes_follow_kv_heads_and_down_proj_groups():
         check_layout(cfg, TENSOR, 3, 32)
 
 
+def test_auto_falls_back_to_pipeline_when_tensor_cannot_split():
+    from gptoss_mlx.distributed import settle_strategy
+
+    assert settle_strategy(_cfg(), TENSOR, 2, 32) == (TENSOR, "")
+    strategy, why = settle_strategy(_cfg(), TENSOR, 4, 32)
+    assert strategy == PIPELINE and "90 quantization groups" in why
+    assert settle_strategy(_cfg(), PIPELINE, 4, 32) == (PIPELINE, "")
+
+
 def test_pipeline_ranges_and_what_each_rank_holds():
     assert pipeline_ranges(36, 2) == [(0, 18), (18, 36)]
     assert pipeline_ranges(5, 3) == [(0, 2), (2, 4), (4, 5)]
