@@ -44,9 +44,10 @@ def _root(
 def _register() -> None:
     from . import chat as cli_chat
     from . import convert as cli_engine
+    from . import distributed as cli_distributed
     from . import models as cli_models
 
-    for module in (cli_engine, cli_chat, cli_models):
+    for module in (cli_engine, cli_chat, cli_models, cli_distributed):
         module.register(app)
 
 
@@ -57,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit; GPTOSS_DEBUG=1 shows tracebacks."""
     debug = os.environ.get("GPTOSS_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, standalone_mode=False, prog_name="gptoss")
+        # Without standalone mode click returns a command's typer.Exit code instead of raising it.
+        code = app(args=argv, standalone_mode=False, prog_name="gptoss")
+        if isinstance(code, int) and code:
+            return code
     except UserError as e:
         if debug:
             raise

@@ -120,26 +120,83 @@ def run_cmd(
             show_default=False,
         ),
     ] = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy",
+            help="Under mlx.launch: split the model by tensor, pipeline or auto (tensor on jaccl, pipeline on ring).",
+        ),
+    ] = "auto",
 ) -> None:
     """Answer one prompt and exit. Only the final answer goes to stdout."""
-    settings = settings_from(locals())
-    text = read_prompt(prompt)
-    specs = read_tools(tools) if tools else []
+    from ..backend import distributed as dist_control
     from ..session.open import open_session
     from .resolve import model_path
 
-    path = model_path(
-        settings.model, yes=settings.yes, interactive=sys.stdin.isatty() and sys.stderr.isatty()
+    settings, text, specs, group = _inputs(settings_from(locals()), prompt, tools)
+
+    with dist_control.peer_errors():
+        interactive = group is None and sys.stdin.isatty() and sys.stderr.isatty()
+        path = model_path(settings.model, yes=settings.yes, interactive=interactive)
+        session = open_session(settings, path, for_prompt_only=show_prompt, strategy=strategy)
+        if session.distributed_note and group is not None and group.rank() == 0:
+            print(f"gptoss: {session.distributed_note}", file=sys.stderr)
+        session.settings.tools = specs
+        _run(
+            session,
+            text,
+            show_prompt,
+            show_reasoning,
+            as_json,
+            quiet=group is not None and group.rank() != 0,
+        )
+
+
+def _inputs(settings: Any, prompt: str | None, tools: Path | None) -> tuple[Any, str, list, Any]:
+    """Settings, prompt text, tool specs and the distributed group (None for one process).
+
+    Under mlx.launch rank 0 decides and shares them; the other ranks never read stdin and
+    print nothing."""
+    from ..backend import distributed as dist_control
+
+    group = dist_control.current_group() if dist_control.launched() else None
+    if group is None:
+        return settings, read_prompt(prompt), read_tools(tools) if tools else [], None
+    settings, text, specs = dist_control.share_outcome(
+        group, lambda: (settings, launched_prompt(prompt), read_tools(tools) if tools else [])
     )
-    session = open_session(settings, path, for_prompt_only=show_prompt)
-    session.settings.tools = specs
+    if group.rank() != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    return settings, text, specs, group
+
+
+def launched_prompt(prompt: str | None) -> str:
+    """The prompt under mlx.launch: only the argument, since the ranks' stdin never ends."""
+    if prompt is None or prompt == "-" or not prompt.strip():
+        raise UserError(
+            'under mlx.launch give the prompt as an argument (gptoss run "..."): stdin is not read'
+        )
+    return prompt.strip()
+
+
+def _run(
+    session: Any, text: str, show_prompt: bool, show_reasoning: bool, as_json: bool, quiet: bool
+) -> None:
     if show_prompt:
         from .. import harmony
 
         session.messages.append(harmony.Message(role="user", content=text))
         sys.stdout.write(session.tokenizer.decode(session.prompt_tokens()) + "\n")
         return
-    result = run_turn(session, text, show_reasoning=show_reasoning, as_json=as_json)
+    saved = sys.stderr
+    if quiet:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    try:
+        result = run_turn(session, text, show_reasoning=show_reasoning, as_json=as_json)
+    finally:
+        if quiet:
+            sys.stderr.close()
+            sys.stderr = saved
     code = 130 if result.finish_reason == "interrupted" else 0
     if code:
         raise typer.Exit(code)

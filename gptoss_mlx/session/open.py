@@ -35,10 +35,13 @@ def open_session(
     path: Path,
     *,
     for_prompt_only: bool = False,
+    strategy: str = "auto",
 ) -> Any:
-    """A ChatSession on the model at `path` (resolved by the caller: see cli/resolve.py)."""
+    """A ChatSession on the model at `path` (resolved by the caller: see cli/resolve.py). Under
+    `mlx.launch` each rank loads its share of the model (`strategy`: tensor, pipeline or auto)."""
     from .. import harmony
     from ..errors import UserError
+    from ..harmony.tokenizer import Tokenizer
     from ..model.config import ModelConfig
     from .chat import ChatSession
 
@@ -49,33 +52,56 @@ def open_session(
             f"--context {settings.context} is larger than the model's maximum of {max_ctx} tokens"
         )
     encoding = harmony.encoding_for_model(path)
-    from ..harmony.tokenizer import Tokenizer
-
+    note = ""  # how the model is split across ranks, if it is
     if for_prompt_only:
         context = settings.context or max_ctx
-        model, tokenizer = None, Tokenizer.from_dir(path)
+        model = None
     else:
         import mlx.core as mx
 
         from ..backend.device import activation_bytes, default_dtype
+        from ..backend.distributed import current_group
         from ..model.loader import load_model
         from ..model.memory import check_memory, largest_context_that_fits
 
         dtype = settings.dtype or default_dtype()
         dtype_bytes = activation_bytes(dtype)
         context = settings.context
-        if context is None:
-            # Not asked for: the longest context that fits this machine (all of it on a big Mac).
-            fits = largest_context_that_fits(path, dtype_bytes=dtype_bytes)
-            context = min(max_ctx, fits) if fits and fits >= 1024 else max_ctx
-        check_memory(path, context, dtype_bytes=dtype_bytes, force=settings.force)
-        model, tokenizer = load_model(path, dtype=dtype), Tokenizer.from_dir(path)
-        if settings.seed is not None:
-            mx.random.seed(settings.seed)
+        group = current_group()
+        if group is not None:
+            context = context or max_ctx
+            model, note = _load_sharded(path, group, settings, dtype, context, strategy)
+        else:
+            if context is None:
+                # Not asked for: the longest context that fits this machine (all of it on a big Mac).
+                fits = largest_context_that_fits(path, dtype_bytes=dtype_bytes)
+                context = min(max_ctx, fits) if fits and fits >= 1024 else max_ctx
+            check_memory(path, context, dtype_bytes=dtype_bytes, force=settings.force)
+            model = load_model(path, dtype=dtype)
+            if settings.seed is not None:
+                mx.random.seed(settings.seed)
     if settings.max_tokens and settings.max_tokens >= context:
         raise UserError(
             f"--max-tokens {settings.max_tokens} does not fit in a {context}-token context"
         )
+    tokenizer = Tokenizer.from_dir(path)
     session = ChatSession(model, tokenizer, encoding, session_settings(settings, context))
     session.model_path = path
+    session.distributed_note = note
     return session
+
+
+def _load_sharded(
+    path: Path, group: Any, settings: Settings, dtype: str, context: int, strategy: str
+) -> tuple[Any, str]:
+    """This rank's share of the model, the RNG synced with rank 0, and what was chosen and why."""
+    from ..backend.distributed import backend_name, choose_strategy, sync_seed
+    from ..model.sharded_load import sharded_load
+
+    chosen, why = choose_strategy(strategy, backend_name())
+    model, layout = sharded_load(
+        path, group, chosen, dtype, context=context, force=settings.force,
+        fallback=strategy == "auto",
+    )  # fmt: skip
+    sync_seed(group, settings.seed)
+    return model, f"{layout.size} ranks, {layout.note or why}"
