@@ -1,0 +1,193 @@
+"""`gptoss serve` under load and over the Responses API: three concurrent streams, a client that
+disconnects, the queue limit, responses streaming and not, previous_response_id (ScriptedModel)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gptoss_mlx import harmony
+from gptoss_mlx.server import ServerEngine, create_app
+from gptoss_mlx.session import SessionSettings
+
+from .scripted_model import ScriptedModel
+from .server_harness import serve
+
+ANSWER = (
+    "<|channel|>analysis<|message|>think hard<|end|><|start|>assistant<|channel|>final"
+    "<|message|>Hello there<|return|>"
+)
+CALL = '<|channel|>commentary to=functions.run <|constrain|>json<|message|>{"cmd":"ls"}<|call|>'
+LONG = "<|channel|>final<|message|>" + "la " * 600 + "<|return|>"
+
+
+class SlowModel(ScriptedModel):
+    """A ScriptedModel that takes `delay` seconds per forward pass (a long reply in flight)."""
+
+    delay = 0.01
+
+    def __call__(self, tokens, cache=None, last_only=False):
+        time.sleep(self.delay)
+        return super().__call__(tokens, cache, last_only)
+
+
+@pytest.fixture(scope="module")
+def enc(tiny_checkpoint: Path):
+    return harmony.encoding_for_model(tiny_checkpoint)
+
+
+def start(enc, replies: list[str], model_type=ScriptedModel, **options):
+    model = model_type([enc.encode(r, allowed_special="all") for r in replies])
+    engine = ServerEngine(
+        model, enc, model_id="gpt-oss-20b", defaults=SessionSettings(context=4096)
+    )
+    return model, engine, serve(create_app(engine, **options))
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
+
+
+def test_three_concurrent_streams(enc) -> None:
+    model, _, running = start(enc, [ANSWER] * 3)
+    results: dict[int, str] = {}
+
+    def run(i: int) -> None:
+        stream = client(url).chat.completions.create(
+            model="gpt-oss-20b", messages=[{"role": "user", "content": f"c{i}"}], stream=True
+        )
+        results[i] = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+    with running as url:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert results == {0: "Hello there", 1: "Hello there", 2: "Hello there"}
+    assert model.replies_started == 3
+
+
+def test_disconnect_cancels_generation(enc) -> None:
+    model, engine, running = start(enc, [LONG, ANSWER], model_type=SlowModel)
+    with running as url, httpx.Client(timeout=30) as http:
+        body = {"model": "gpt-oss-20b", "stream": True,
+                "messages": [{"role": "user", "content": "count"}]}  # fmt: skip
+        with http.stream("POST", url + "/v1/chat/completions", json=body) as response:
+            lines = response.iter_lines()
+            got = [next(lines) for _ in range(20)]
+            assert any("la" in line for line in got)
+        # the connection is closed: the generation stops within a few steps
+        time.sleep(0.5)
+        steps = len(model.calls)
+        time.sleep(0.5)
+        assert len(model.calls) == steps < 300
+        out = client(url).chat.completions.create(
+            model="gpt-oss-20b", messages=[{"role": "user", "content": "next"}]
+        )
+        assert out.choices[0].message.content == "Hello there"
+
+
+def test_queue_limit_503(enc) -> None:
+    model, engine, running = start(enc, [LONG, LONG], model_type=SlowModel, max_queue=1)
+    with running as url, httpx.Client(timeout=30) as http:
+        body = {"model": "gpt-oss-20b", "stream": True}
+        with (
+            http.stream("POST", url + "/v1/chat/completions",
+                        json={**body, "messages": [{"role": "user", "content": "a"}]}) as first,
+            http.stream("POST", url + "/v1/chat/completions",
+                        json={**body, "messages": [{"role": "user", "content": "b"}]}) as second,
+        ):  # fmt: skip
+            next(first.iter_lines())
+            assert second.status_code == 200  # waiting behind the first
+            third = http.post(
+                url + "/v1/chat/completions",
+                json={"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "c"}]},
+            )
+            assert third.status_code == 503
+            assert "--max-queue" in third.json()["error"]["message"]
+
+
+def test_responses_stream_and_previous_response_id(enc) -> None:
+    model, engine, running = start(enc, [ANSWER, ANSWER, CALL])
+    with running as url:
+        c = client(url)
+        first = c.responses.create(model="gpt-oss-20b", input="hi", instructions="Be brief.")
+        assert first.status == "completed" and first.output_text == "Hello there"
+        reasoning, message = first.output
+        assert reasoning.type == "reasoning" and reasoning.content[0].text == "think hard"
+        assert reasoning.encrypted_content == "think hard"
+        assert message.content[0].type == "output_text"
+        events = list(
+            c.responses.create(
+                model="gpt-oss-20b",
+                input="again",
+                instructions="Be brief.",  # instructions are not carried over (as at OpenAI)
+                previous_response_id=first.id,
+                stream=True,
+            )
+        )
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        assert events[0].type == "response.created" and events[-1].type == "response.completed"
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        done = events[-1].response
+        assert text == done.output_text == "Hello there"
+        # the follow-up continued the stored conversation from its cache
+        assert done.usage.input_tokens_details.cached_tokens == first.usage.input_tokens
+        tools = [{"type": "function", "name": "run", "parameters": {"type": "object"}},
+                 {"type": "local_shell"}, {"type": "custom", "name": "apply_patch"}]  # fmt: skip
+        call = c.responses.create(
+            model="gpt-oss-20b",
+            input=[{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "ls"}]}],
+            tools=tools,
+        )  # fmt: skip
+        item = call.output[0]
+        assert (item.type, item.name, item.arguments) == ("function_call", "run", '{"cmd":"ls"}')
+        with pytest.raises(openai.NotFoundError):
+            c.responses.create(model="gpt-oss-20b", input="x", previous_response_id="resp_nope")
+
+
+def test_responses_input_items_render_harmony(enc) -> None:
+    model, engine, running = start(enc, [ANSWER])
+    items = [
+        {"type": "message", "role": "developer", "content": "Dev rules."},
+        {"type": "message", "role": "user", "content": "ls"},
+        {"type": "reasoning", "summary": [], "encrypted_content": "use the tool"},
+        {"type": "function_call", "call_id": "c1", "name": "run", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "a.txt"},
+    ]
+    with running as url:
+        out = client(url).responses.create(
+            model="gpt-oss-20b", input=items, instructions="Top.", reasoning={"effort": "low"},
+            tools=[{"type": "function", "name": "run", "parameters": {"type": "object"}}],
+        )  # fmt: skip
+    expect = harmony.render_prompt(
+        [
+            harmony.Message("user", "ls"),
+            harmony.Message("assistant", "use the tool", channel="analysis"),
+            harmony.Message("assistant", "{}", channel="commentary", recipient="functions.run",
+                            content_type="<|constrain|>json"),
+            harmony.tool_result("functions.run", "a.txt"),
+        ],
+        harmony.PromptOptions(effort="low", date=engine.defaults.date,
+                              instructions="Top.\n\nDev rules.",
+                              tools=[harmony.ToolSpec("run", "", {"type": "object"})]),
+        enc,
+    )  # fmt: skip
+    assert out.usage.input_tokens == len(expect)
+    assert model.calls[0] == expect
+
+
+def test_failed_generation_ends_with_response_failed(enc) -> None:
+    model, engine, running = start(enc, [])  # no reply scripted: the model raises
+    with running as url:
+        events = list(client(url).responses.create(model="gpt-oss-20b", input="x", stream=True))
+        assert events[-1].type == "response.failed"
+        assert "generation failed" in events[-1].response.error.message
+        assert httpx.get(url + "/health").status_code == 200
