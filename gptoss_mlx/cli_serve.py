@@ -74,12 +74,14 @@ def serve_cmd(
         raise UserError("--max-queue must be 0 or more")
     sock = _bind(host, port)
     settings = settings_from(locals())
-    from .engine import open_session
-
-    session = open_session(settings, interactive=sys.stdin.isatty())
     from .config import ModelConfig
+    from .engine import open_session
     from .server import ServerEngine, create_app
     from .server.engine import ALIASES
+    from .server.worker import GenerationQueue
+
+    queue = GenerationQueue(max_queue)  # the model lives on the generation thread
+    session = queue.call(lambda: open_session(settings, interactive=sys.stdin.isatty()))
 
     path = Path(session.model_path)
     size = SIZES.get(ModelConfig.from_dir(path).num_hidden_layers)
@@ -89,7 +91,7 @@ def serve_cmd(
         session.model, session.encoding, model_id=model_id, aliases=aliases,
         defaults=session.settings,
     )  # fmt: skip
-    app = create_app(engine, api_key=api_key, max_queue=max_queue)
+    app = create_app(engine, api_key=api_key, queue=queue)
     _run(app, sock, model_id, api_key)
 
 

@@ -86,22 +86,22 @@ def create_app(
     max_body: int = DEFAULT_MAX_BODY,
     builtin_tools: Mapping[str, Any] | None = None,
     store_size: int = 256,
+    queue: GenerationQueue | None = None,
 ) -> Any:
     """The ASGI application serving `engine`. `builtin_tools` (namespace -> tools.base.Tool) is the
-    seam for the built-in python/browser tools of the Responses API; none are served yet."""
-    queue: GenerationQueue | None = None
+    seam for the built-in python/browser tools of the Responses API; none are served yet. Pass
+    the `queue` whose thread loaded the model (GenerationQueue.call); else one is made here."""
+    queue = queue or GenerationQueue(max_queue)
     store = ResponseStore(store_size)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        nonlocal queue
-        queue = GenerationQueue(max_queue)
-        app.state.queue = queue
         yield
         queue.close()
 
     app = FastAPI(title="gptoss-mlx", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
+    app.state.queue = queue
     app.state.builtin_tools = dict(builtin_tools or {})
     _install_error_handlers(app)
     started = int(time.time())
@@ -111,7 +111,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.model_id, "waiting": queue.waiting if queue else 0}
+        return {"status": "ok", "model": engine.model_id, "waiting": queue.waiting}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

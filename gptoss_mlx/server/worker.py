@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -56,6 +57,21 @@ class Job:
             self.cancel()
 
 
+class _Call:
+    def __init__(self, fn: Callable[[], Any], future: concurrent.futures.Future[Any]) -> None:
+        self.fn, self.future = fn, future
+        self.cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def run(self) -> None:
+        try:
+            self.future.set_result(self.fn())
+        except BaseException as e:
+            self.future.set_exception(e)
+
+
 class GenerationQueue:
     def __init__(self, max_queue: int = 16) -> None:
         self.max_queue = max_queue
@@ -90,6 +106,15 @@ class GenerationQueue:
             self._cond.notify()
         return job
 
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the worker thread and return its result (or raise what it raised). MLX
+        arrays belong to the thread whose stream made them: load the model with this."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cond:
+            self._waiting.append(_Call(fn, future))  # type: ignore[arg-type]
+            self._cond.notify()
+        return future.result()
+
     def close(self, timeout: float = 5.0) -> None:
         """Cancel everything queued and running; wait for the running generation to stop."""
         with self._cond:
@@ -109,6 +134,9 @@ class GenerationQueue:
                 if not self._waiting:
                     return
                 job = self._waiting.popleft()
+                if isinstance(job, _Call):
+                    job.run()
+                    continue
                 self.running = job
             try:
                 if not job.cancelled.is_set():
