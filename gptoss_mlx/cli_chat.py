@@ -79,6 +79,14 @@ def chat_cmd(
             show_default=False,
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Chat with a running `gptoss serve` (or any OpenAI-compatible server) at URL.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Chat with a model. Type /help inside for commands; Ctrl-C stops a reply, Ctrl-D exits."""
     from . import chatstore
@@ -101,7 +109,15 @@ def chat_cmd(
 
     from .engine import open_session
 
-    session = open_session(settings, interactive=sys.stdin.isatty(), path=model_dir)
+    if server:
+        from .engine import session_settings
+        from .remote_session import RemoteSession
+
+        session = RemoteSession(
+            server, model=model or "", settings=session_settings(settings, 131072)
+        )
+    else:
+        session = open_session(settings, interactive=sys.stdin.isatty(), path=model_dir)
     saver = chatstore.Autosaver()
     if record is not None:
         chatstore.apply_record(session, record)
