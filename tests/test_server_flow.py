@@ -190,3 +190,33 @@ def test_failed_generation_ends_with_response_failed(enc) -> None:
         assert events[-1].type == "response.failed"
         assert "generation failed" in events[-1].response.error.message
         assert httpx.get(url + "/health").status_code == 200
+
+
+def test_custom_tool_and_ollama_probes(enc) -> None:
+    patch = "<|channel|>commentary to=functions.apply_patch <|constrain|>json<|message|>"
+    patch += '{"input":"*** Begin Patch"}<|call|>'
+    model, engine, running = start(enc, [patch, ANSWER])
+    tools = [{"type": "custom", "name": "apply_patch", "description": "Edit files."}]
+    with running as url:
+        c = client(url)
+        events = list(
+            c.responses.create(model="gpt-oss-20b", input="fix", tools=tools, stream=True)
+        )
+        done = events[-1].response
+        call = done.output[0]
+        assert (call.type, call.name, call.input) == (
+            "custom_tool_call",
+            "apply_patch",
+            "*** Begin Patch",
+        )
+        assert "response.custom_tool_call_input.done" in [e.type for e in events]
+        back = c.responses.create(
+            model="gpt-oss-20b", previous_response_id=done.id, tools=tools,
+            input=[{"type": "custom_tool_call_output", "call_id": call.call_id, "output": "ok"}],
+        )  # fmt: skip
+        assert back.output_text == "Hello there"
+        assert back.usage.input_tokens_details.cached_tokens == done.usage.input_tokens
+        assert httpx.get(url + "/api/tags").json()["models"][0]["name"] == "gpt-oss-20b"
+        pulled = httpx.post(url + "/api/pull", json={"model": "gpt-oss-20b", "stream": True})
+        assert pulled.text.strip().splitlines()[-1] == '{"status":"success"}'
+        assert httpx.post(url + "/api/pull", json={"model": "llama3"}).status_code == 404

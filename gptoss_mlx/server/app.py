@@ -122,6 +122,24 @@ def create_app(
         engine.check_model(name)
         return model_card(name)
 
+    # ollama-style probes that `codex --oss` and some editors make before using /v1
+    @app.get("/api/version")
+    async def version() -> dict[str, Any]:
+        return {"version": "0.12.0"}
+
+    @app.get("/api/tags")
+    async def tags() -> dict[str, Any]:
+        names = [engine.model_id, *engine.aliases]
+        return {"models": [{"name": n, "model": n, "modified_at": "", "size": 0} for n in names]}
+
+    @app.post("/api/pull")
+    async def pull(request: Request) -> Any:
+        body = await request.json()
+        engine.check_model(body.get("model") or body.get("name"))
+        return StreamingResponse(
+            iter(['{"status":"success"}\n']), media_type="application/x-ndjson"
+        )
+
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request) -> Any:
         engine.check_model(req.model)

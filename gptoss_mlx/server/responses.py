@@ -8,6 +8,7 @@ finished turn is dropped) is applied when rendering, as in chat.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -23,6 +24,8 @@ from .chat_completions import function_call, function_name
 from .engine import Finished, Generation, ServerEngine, Started
 from .errors import ApiError
 from .schemas import (
+    InputCustomCall,
+    InputCustomOutput,
     InputFunctionCall,
     InputFunctionOutput,
     InputMessage,
@@ -40,6 +43,15 @@ _ITEM_TYPES: dict[str, type[BaseModel]] = {
     "function_call": InputFunctionCall,
     "function_call_output": InputFunctionOutput,
     "reasoning": InputReasoning,
+    "custom_tool_call": InputCustomCall,
+    "custom_tool_call_output": InputCustomOutput,
+}
+# A custom (freeform) tool, e.g. Codex's apply_patch, is shown to the model as a function taking
+# its text as one string argument.
+CUSTOM_PARAMETERS = {
+    "type": "object",
+    "properties": {"input": {"type": "string"}},
+    "required": ["input"],
 }
 
 
@@ -94,12 +106,15 @@ def to_messages(items: list[dict[str, Any]]) -> tuple[list[harmony.Message], lis
         elif isinstance(item, InputFunctionCall):
             names[item.call_id] = item.name
             out.append(function_call(item.name, item.arguments))
-        elif isinstance(item, InputFunctionOutput):
+        elif isinstance(item, InputCustomCall):
+            names[item.call_id] = item.name
+            out.append(function_call(item.name, json.dumps({"input": item.input})))
+        elif isinstance(item, InputFunctionOutput | InputCustomOutput):
             name = names.get(item.call_id)
             if name is None:
                 raise ApiError(
                     400,
-                    f"{where}: no function_call with call_id {item.call_id!r} comes before it",
+                    f"{where}: no call with call_id {item.call_id!r} comes before it",
                     param=f"{where}.call_id",
                 )
             text = part_text(item.output, f"{where}.output")
@@ -114,9 +129,13 @@ def _channel(rest: list[tuple[str, Any]]) -> str:
     for _, item in rest:
         if isinstance(item, InputMessage) and item.role == "user":
             break
-        if isinstance(item, InputFunctionCall):
+        if isinstance(item, InputFunctionCall | InputCustomCall):
             return "commentary"
     return "final"
+
+
+def custom_tool_names(req: ResponsesRequest) -> set[str]:
+    return {t["name"] for t in req.tools or [] if t.get("type") == "custom" and t.get("name")}
 
 
 def _tools(req: ResponsesRequest) -> list[harmony.ToolSpec]:
@@ -124,13 +143,10 @@ def _tools(req: ResponsesRequest) -> list[harmony.ToolSpec]:
         return []
     specs = []
     for tool in req.tools or []:
-        kind = tool.get("type")
-        if kind == "function" and isinstance(tool.get("name"), str):
-            specs.append(
-                harmony.ToolSpec(
-                    tool["name"], tool.get("description") or "", tool.get("parameters")
-                )
-            )
+        kind, name = tool.get("type"), tool.get("name")
+        if kind in ("function", "custom") and isinstance(name, str):
+            params = tool.get("parameters") if kind == "function" else CUSTOM_PARAMETERS
+            specs.append(harmony.ToolSpec(name, tool.get("description") or "", params))
         else:
             log.warning("ignoring a tool of type %r (not served)", kind)
     return specs
@@ -176,6 +192,7 @@ class ResponseBuilder:
         self.stats: GenerationStats | None = None
         self.status = "in_progress"
         self.error: dict[str, Any] | None = None
+        self.custom = custom_tool_names(req)
 
     # ---- the response object
     def response(self) -> dict[str, Any]:
@@ -272,6 +289,9 @@ class ResponseBuilder:
         self.emit("response.output_item.done", output_index=index, item=item)
 
     def _call(self, call: harmony.ToolCall) -> None:
+        if function_name(call.recipient) in self.custom:
+            self._custom_call(call)
+            return
         index = len(self.output)
         item = {"type": "function_call", "id": _new_id("fc"), "call_id": _new_id("call"),
                 "name": function_name(call.recipient), "arguments": "", "status": "in_progress"}  # fmt: skip
@@ -281,6 +301,19 @@ class ResponseBuilder:
         self.emit("response.function_call_arguments.done", arguments=call.arguments,
                   name=item["name"], **ids)  # fmt: skip
         item.update(arguments=call.arguments, status="completed")
+        self.output.append(item)
+        self.emit("response.output_item.done", output_index=index, item=item)
+
+    def _custom_call(self, call: harmony.ToolCall) -> None:
+        index = len(self.output)
+        text = custom_input(call.arguments)
+        item = {"type": "custom_tool_call", "id": _new_id("ctc"), "call_id": _new_id("call"),
+                "name": function_name(call.recipient), "input": ""}  # fmt: skip
+        self.emit("response.output_item.added", output_index=index, item=dict(item))
+        ids = {"item_id": item["id"], "output_index": index}
+        self.emit("response.custom_tool_call_input.delta", delta=text, **ids)
+        self.emit("response.custom_tool_call_input.done", input=text, **ids)
+        item["input"] = text
         self.output.append(item)
         self.emit("response.output_item.done", output_index=index, item=item)
 
@@ -294,6 +327,19 @@ class ResponseBuilder:
             self.status = "completed"
         kind = "response.failed" if self.status == "failed" else "response.completed"
         self.emit(kind, response=self.response())
+
+
+def custom_input(arguments: str) -> str:
+    """The text of a custom tool call: the `input` argument, or the model's raw text."""
+    try:
+        value = json.loads(arguments)
+    except ValueError:
+        return arguments
+    return (
+        value["input"]
+        if isinstance(value, dict) and isinstance(value.get("input"), str)
+        else arguments
+    )
 
 
 def _as_api_error(e: Exception) -> ApiError:

@@ -75,6 +75,7 @@ class SamplingFields(_Lenient):
 
 class ChatRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    n: int = Field(default=1, ge=1, le=1)  # one choice per request
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
@@ -115,6 +116,19 @@ class InputFunctionCall(_Lenient):
 
 class InputFunctionOutput(_Lenient):
     type: Literal["function_call_output"]
+    call_id: str
+    output: str | list[ContentPart]
+
+
+class InputCustomCall(_Lenient):
+    type: Literal["custom_tool_call"]
+    call_id: str
+    name: str
+    input: str = ""
+
+
+class InputCustomOutput(_Lenient):
+    type: Literal["custom_tool_call_output"]
     call_id: str
     output: str | list[ContentPart]
 
