@@ -103,13 +103,14 @@ def test_queue_limit_503(enc) -> None:
             http.stream("POST", url + "/v1/chat/completions",
                         json={**body, "messages": [{"role": "user", "content": "b"}]}) as second,
         ):  # fmt: skip
-            next(first.iter_lines())
+            first_lines = first.iter_lines()  # held: a dropped iterator closes the connection
+            next(first_lines)
             assert second.status_code == 200  # waiting behind the first
             third = http.post(
                 url + "/v1/chat/completions",
                 json={"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "c"}]},
             )
-            assert third.status_code == 503
+            assert third.status_code == 503, third.text
             assert "--max-queue" in third.json()["error"]["message"]
 
 
