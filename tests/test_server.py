@@ -153,7 +153,9 @@ def test_follow_up_prefills_only_new_tokens(server) -> None:
     )  # fmt: skip
     p2 = follow.usage.prompt_tokens
     assert follow.usage.prompt_tokens_details.cached_tokens == p1
-    assert len(srv.model.calls[calls_before]) == p2 - p1  # the prefill ran only the new tokens
+    # the prefill ran only the new tokens: the history, then the closing <|start|>assistant
+    history, opener = srv.model.calls[calls_before : calls_before + 2]
+    assert (len(history), opener) == (p2 - p1 - 2, [harmony.START, harmony.ASSISTANT])
 
 
 @pytest.mark.parametrize("server", [([BAD_CALL, BAD_CALL], {})], indirect=True)
@@ -251,3 +253,16 @@ def test_bad_json_body_details(server) -> None:
     err = _error(r, 400)
     assert "input[0]" in err["message"] and "content" in err["message"]
     assert json.loads(r.text)["error"]["type"] == "invalid_request_error"
+
+
+def test_dropped_reply_still_reuses_the_history(server) -> None:
+    srv, client = server
+    cut = client.chat.completions.create(
+        model="gpt-oss-20b", messages=[user("long task")], max_tokens=3
+    )
+    assert cut.choices[0].finish_reason == "length"
+    # the client drops the cut-off reply (only reasoning came back) and sends its next message
+    follow = client.chat.completions.create(
+        model="gpt-oss-20b", messages=[user("long task"), user("go on")]
+    )
+    assert follow.usage.prompt_tokens_details.cached_tokens == cut.usage.prompt_tokens - 2

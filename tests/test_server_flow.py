@@ -183,7 +183,7 @@ def test_responses_input_items_render_harmony(enc) -> None:
         enc,
     )  # fmt: skip
     assert out.usage.input_tokens == len(expect)
-    assert model.calls[0] == expect
+    assert model.calls[0] + model.calls[1] == expect  # the history, then <|start|>assistant
 
 
 def test_failed_generation_ends_with_response_failed(enc) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import harmony
 from ..errors import ContextFullError
-from ..generate import GenerationStats
+from ..generate import GenerationStats, prefill
 from ..session import ChatSession, SessionSettings
 from .errors import ApiError
 from .prompt_cache import CacheEntry, PromptCache
@@ -90,7 +91,30 @@ class _RequestSession(ChatSession):
         return prompt
 
     def stream(self, prompt: list[int]) -> Iterator[harmony.Event]:
+        """The reply's events. The history (the prompt before its closing `<|start|>assistant`)
+        is prefilled first and snapshotted: the next request of this conversation continues
+        from there even when the client drops this reply or its reasoning."""
+        self.history_prefill = (0, 0.0)
+        reused, _ = self._reuse(prompt)
+        boundary = len(prompt) - 2
+        if prompt[boundary:] == [harmony.START, harmony.ASSISTANT] and boundary > reused:
+            t0 = time.perf_counter()
+            try:
+                prefill(self.model, prompt[reused:boundary], self.cache, progress=self.progress)
+            except BaseException:
+                self.drop_cache()  # part of the chunk may be in some layers only
+                raise
+            self.cached_tokens.extend(prompt[reused:boundary])
+            self._snapshot(None)
+            self.history_prefill = (boundary - reused, time.perf_counter() - t0)
         return self._reply(prompt)
+
+    def count_history_prefill(self, stats: GenerationStats) -> None:
+        """Fold the history prefill into the reply's statistics (prefilled tokens, TTFT)."""
+        tokens, seconds = self.history_prefill
+        stats.prefilled_tokens += tokens
+        stats.time_to_first_token += seconds
+        stats.prefill_seconds += seconds
 
 
 class ServerEngine:
@@ -180,7 +204,9 @@ class ServerEngine:
         try:
             for i, event in enumerate(events):
                 if i == 0:
-                    yield Started(session.last_stats or GenerationStats())
+                    stats = session.last_stats or GenerationStats()
+                    session.count_history_prefill(stats)
+                    yield Started(stats)
                 yield event
         except (GeneratorExit, _Cancelled) as stop:
             events.close()  # the session keeps what was written and repairs its cache

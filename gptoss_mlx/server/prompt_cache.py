@@ -54,13 +54,16 @@ class PromptCache:
         return sum(e.nbytes for e in self._entries.values())
 
     def take(self, prompt: list[int]) -> CacheEntry | None:
-        """Remove and return the entry whose conversation `prompt` continues (the longest one)."""
+        """Remove and return the entry whose conversation `prompt` continues (the longest one):
+        the prompt starts with the entry's last prompt, up to its closing `<|start|>assistant`."""
         with self._lock:
             best_key, best_len = None, -1
             for key, entry in self._entries.items():
-                if entry.prompt_len > len(prompt) or entry.prompt_len <= best_len:
+                if entry.prompt_len - 2 > len(prompt) or entry.prompt_len <= best_len:
                     continue
-                if harmony.common_prefix_len(entry.tokens, prompt) >= entry.prompt_len:
+                # `- 2`: the previous prompt's closing `<|start|>assistant` may be missing (a client
+                # that drops an empty or cut-off reply); the history before it still continues.
+                if harmony.common_prefix_len(entry.tokens, prompt) >= entry.prompt_len - 2:
                     best_key, best_len = key, entry.prompt_len
             return None if best_key is None else self._entries.pop(best_key)
 
