@@ -104,6 +104,12 @@ def create_app(
     app.state.queue = queue
     app.state.builtin_tools = dict(builtin_tools or {})
     _install_error_handlers(app)
+    _add_info_routes(app, engine, queue)
+    _add_generation_routes(app, engine, queue, store)
+    return BodyLimitMiddleware(ApiKeyMiddleware(app, api_key), max_body)
+
+
+def _add_info_routes(app: FastAPI, engine: ServerEngine, queue: GenerationQueue) -> None:
     started = int(time.time())
 
     def model_card(name: str) -> dict[str, Any]:
@@ -140,6 +146,10 @@ def create_app(
             iter(['{"status":"success"}\n']), media_type="application/x-ndjson"
         )
 
+
+def _add_generation_routes(
+    app: FastAPI, engine: ServerEngine, queue: GenerationQueue, store: ResponseStore
+) -> None:
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, request: Request) -> Any:
         engine.check_model(req.model)
@@ -173,5 +183,3 @@ def create_app(
         result = await _unless_disconnected(request, job, responses.complete(job, builder))
         remember()
         return result
-
-    return BodyLimitMiddleware(ApiKeyMiddleware(app, api_key), max_body)
