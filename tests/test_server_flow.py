@@ -14,6 +14,7 @@ import pytest
 from gptoss_mlx import harmony
 from gptoss_mlx.server import ServerEngine, create_app
 from gptoss_mlx.session import SessionSettings
+from gptoss_mlx.tools.base import Tool, ToolResult
 
 from .scripted_model import ScriptedModel
 from .server_harness import serve
@@ -223,3 +224,40 @@ def test_custom_tool_and_ollama_probes(enc) -> None:
         pulled = httpx.post(url + "/api/pull", json={"model": "gpt-oss-20b", "stream": True})
         assert pulled.text.strip().splitlines()[-1] == '{"status":"success"}'
         assert httpx.post(url + "/api/pull", json={"model": "llama3"}).status_code == 404
+
+
+class SumTool(Tool):
+    """A built-in `python` stand-in: answers the sum the code prints (the seam, not the tool)."""
+
+    name = "python"
+
+    def call(self, function: str, arguments: str, *, cancel=None) -> ToolResult:
+        return ToolResult(text="42\n")
+
+
+def test_builtin_tool_runs_inside_the_response(enc) -> None:
+    call = "<|channel|>analysis<|message|>Compute it.<|end|><|start|>assistant<|channel|>analysis"
+    call += " to=python code<|message|>print(6*7)<|call|>"
+    answer = "<|channel|>final<|message|>It is 42.<|return|>"
+    model = ScriptedModel([enc.encode(r, allowed_special="all") for r in (call, answer)])
+    engine = ServerEngine(
+        model, enc, model_id="gpt-oss-20b", defaults=SessionSettings(context=4096)
+    )
+    with serve(create_app(engine, builtin_tools={"python": SumTool()})) as url:
+        events = list(
+            client(url).responses.create(
+                model="gpt-oss-20b", input="6*7?", tools=[{"type": "code_interpreter"}], stream=True
+            )
+        )
+    done = events[-1].response
+    assert [o.type for o in done.output] == ["reasoning", "code_interpreter_call", "message"]
+    ci = done.output[1]
+    assert (ci.code, ci.outputs[0].logs) == ("print(6*7)", "42\n")
+    assert done.output_text == "It is 42."
+    assert "response.code_interpreter_call.completed" in [e.type for e in events]
+    # the python tool was declared, and its output went back to the model as author `python`
+    first_prompt = enc.decode(model.calls[0])
+    assert "## python" in first_prompt
+    assert "<|start|>python to=assistant<|channel|>analysis<|message|>42\n<|end|>" in enc.decode(
+        [t for c in model.calls for t in c]
+    )

@@ -164,7 +164,7 @@ def _add_generation_routes(
     async def respond(req: ResponsesRequest, request: Request) -> Any:
         engine.check_model(req.model)
         history = store.get(req.previous_response_id) if req.previous_response_id else []
-        gen, items = responses.to_generation(req, engine, history)
+        gen, items = responses.to_generation(req, engine, history, app.state.builtin_tools)
         job = queue.submit(lambda cancelled: engine.run(gen, cancelled))
         builder = responses.ResponseBuilder(req, engine.model_id)
 

@@ -18,6 +18,7 @@ from .. import harmony
 from ..errors import ContextFullError
 from ..generate import GenerationStats, prefill
 from ..session import ChatSession, SessionSettings
+from . import builtin
 from .errors import ApiError
 from .prompt_cache import CacheEntry, PromptCache
 
@@ -56,6 +57,7 @@ class Generation:
     messages: list[harmony.Message]
     settings: SessionSettings
     prompt: list[int] = field(default_factory=list)  # rendered by ServerEngine.prepare
+    builtin: dict[str, Any] = field(default_factory=dict)  # enabled built-in tools by namespace
 
 
 class _Cancelled(Exception):
@@ -69,6 +71,16 @@ def _check(cancelled: Callable[[], bool]) -> None:
 
 class _RequestSession(ChatSession):
     """A chat session over a conversation given whole by a request, with its cache swapped in."""
+
+    builtin: frozenset[str] = frozenset()  # namespaces of the built-in tools in the prompt
+
+    def prompt_tokens(self, messages: list[harmony.Message] | None = None) -> list[int]:
+        options = self.settings.prompt_options()
+        options.python_tool = "python" in self.builtin
+        options.browser_tool = "browser" in self.builtin
+        return harmony.render_prompt(
+            self.messages if messages is None else messages, options, self.encoding
+        )
 
     def adopt(self, entry: CacheEntry | None) -> None:
         if entry is None:
@@ -179,6 +191,7 @@ class ServerEngine:
     def prepare(self, gen: Generation) -> Generation:
         """Render the prompt (on the request's thread); a 400 when it does not fit the context."""
         session = _RequestSession(None, None, self.encoding, gen.settings)
+        session.builtin = frozenset(gen.builtin)
         session.messages = list(gen.messages)
         try:
             gen.prompt = session.prepare()
@@ -192,29 +205,47 @@ class ServerEngine:
         """Generate the reply to `gen`; on the worker thread. Closing the iterator stops it, and
         so does `cancelled()` turning true during the prefill (checked after each chunk)."""
         session = _RequestSession(self.model, None, self.encoding, copy.copy(gen.settings))
+        session.builtin = frozenset(gen.builtin)
         session.progress = lambda done, total: _check(cancelled)
-        session.messages = list(gen.messages)
         session.messages = list(gen.messages)
         session.adopt(self.prompt_cache.take(gen.prompt))
         if gen.settings.sampler.seed is not None:
             import mlx.core as mx
 
             mx.random.seed(gen.settings.sampler.seed)
-        events = session.stream(gen.prompt)
-        try:
-            for i, event in enumerate(events):
-                if i == 0:
-                    stats = session.last_stats or GenerationStats()
-                    session.count_history_prefill(stats)
-                    yield Started(stats)
-                yield event
-        except (GeneratorExit, _Cancelled) as stop:
-            events.close()  # the session keeps what was written and repairs its cache
-            self._keep(session, len(gen.prompt))
-            if isinstance(stop, GeneratorExit):
-                raise
-            return
-        self._keep(session, len(gen.prompt))
+        prompt = gen.prompt
+        for round_ in range(builtin.MAX_CALLS + 1):
+            events = session.stream(prompt)
+            call = None
+            try:
+                for i, event in enumerate(events):
+                    if i == 0 and round_ == 0:
+                        stats = session.last_stats or GenerationStats()
+                        session.count_history_prefill(stats)
+                        yield Started(stats)
+                    if (
+                        isinstance(event, harmony.ToolCall)
+                        and builtin.namespace(event) in gen.builtin
+                    ):
+                        call = event
+                    yield event
+            except (GeneratorExit, _Cancelled) as stop:
+                events.close()  # the session keeps what was written and repairs its cache
+                self._keep(session, len(prompt))
+                if isinstance(stop, GeneratorExit):
+                    raise
+                return
+            if call is None or round_ == builtin.MAX_CALLS or cancelled():
+                break
+            done = builtin.run(call, gen.builtin)
+            yield done
+            reply = harmony.tool_result(call.recipient, done.result.text, channel=call.channel)
+            session.messages.append(reply)
+            try:
+                prompt = session.prepare()
+            except ContextFullError as e:
+                raise ApiError(400, str(e), code="context_length_exceeded") from None
+        self._keep(session, len(prompt))
         yield Finished(session.last_stats or GenerationStats())
 
     def _keep(self, session: _RequestSession, prompt_len: int) -> None:

@@ -12,14 +12,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from .. import harmony
 from ..generate import GenerationStats
-from . import sse
+from . import builtin, sse
 from .chat_completions import function_call, function_name
 from .engine import Finished, Generation, ServerEngine, Started
 from .errors import ApiError
@@ -147,13 +147,16 @@ def _tools(req: ResponsesRequest) -> list[harmony.ToolSpec]:
         if kind in ("function", "custom") and isinstance(name, str):
             params = tool.get("parameters") if kind == "function" else CUSTOM_PARAMETERS
             specs.append(harmony.ToolSpec(name, tool.get("description") or "", params))
-        else:
+        elif kind not in builtin.TOOL_TYPES:
             log.warning("ignoring a tool of type %r (not served)", kind)
     return specs
 
 
 def to_generation(
-    req: ResponsesRequest, engine: ServerEngine, history: list[dict[str, Any]]
+    req: ResponsesRequest,
+    engine: ServerEngine,
+    history: list[dict[str, Any]],
+    builtin_tools: Mapping[str, Any] | None = None,
 ) -> tuple[Generation, list[dict[str, Any]]]:
     """The generation, and the conversation's items (stored ones, then this input)."""
     items = history + input_items(req)
@@ -170,7 +173,8 @@ def to_generation(
         top_p=req.top_p,
         seed=req.seed,
     )
-    return engine.prepare(Generation(messages, settings)), items
+    enabled = builtin.select(req.tools, builtin_tools or {})
+    return engine.prepare(Generation(messages, settings, builtin=enabled)), items
 
 
 # --------------------------------------------------------------------------- output
@@ -193,6 +197,8 @@ class ResponseBuilder:
         self.status = "in_progress"
         self.error: dict[str, Any] | None = None
         self.custom = custom_tool_names(req)
+        self.builtin = {builtin.TOOL_TYPES[str(t.get("type"))] for t in req.tools or []
+                        if t.get("type") in builtin.TOOL_TYPES}  # fmt: skip
 
     # ---- the response object
     def response(self) -> dict[str, Any]:
@@ -238,7 +244,10 @@ class ResponseBuilder:
             self._close()
         elif isinstance(item, harmony.ToolCall):
             self._close()
-            self._call(item)
+            if builtin.namespace(item) not in self.builtin:
+                self._call(item)
+        elif isinstance(item, builtin.BuiltinResult):
+            self._builtin(item)
         elif isinstance(item, Finished):
             self._close()
             self.stats = item.stats
@@ -301,6 +310,21 @@ class ResponseBuilder:
         self.emit("response.function_call_arguments.done", arguments=call.arguments,
                   name=item["name"], **ids)  # fmt: skip
         item.update(arguments=call.arguments, status="completed")
+        self.output.append(item)
+        self.emit("response.output_item.done", output_index=index, item=item)
+
+    def _builtin(self, done: builtin.BuiltinResult) -> None:
+        index, item = len(self.output), builtin.output_item(done)
+        kind = item["type"]  # code_interpreter_call or web_search_call
+        self.emit(
+            "response.output_item.added", output_index=index, item={**item, "status": "in_progress"}
+        )
+        for stage in (
+            "in_progress",
+            "interpreting" if kind == "code_interpreter_call" else "searching",
+            "completed",
+        ):
+            self.emit(f"response.{kind}.{stage}", item_id=item["id"], output_index=index)
         self.output.append(item)
         self.emit("response.output_item.done", output_index=index, item=item)
 
