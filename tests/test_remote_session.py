@@ -39,3 +39,22 @@ def test_remote_session_turns(tiny_checkpoint: Path) -> None:
             "final",
         ] * 2
         assert session.undo() and len(session.messages) == 3
+
+
+def test_chat_command_with_server(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    enc = harmony.encoding_for_model(tiny_checkpoint)
+    model = ScriptedModel([enc.encode(REPLY, allowed_special="all")])
+    engine = ServerEngine(model, enc, model_id="m", defaults=SessionSettings(context=2048))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "GPTOSS_HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path),
+           "GPTOSS_CONFIG": str(tmp_path / "none.toml")}  # fmt: skip
+    with serve(create_app(engine)) as url:
+        cmd = [sys.executable, "-m", "gptoss_mlx", "chat", "--server", url, "--reasoning", "show"]
+        res = subprocess.run(cmd, input="hi\n", capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "think hard" in res.stdout and "Hello there" in res.stdout
+    assert model.replies_started == 1
