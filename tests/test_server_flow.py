@@ -261,3 +261,17 @@ def test_builtin_tool_runs_inside_the_response(enc) -> None:
     assert "<|start|>python to=assistant<|channel|>analysis<|message|>42\n<|end|>" in enc.decode(
         [t for c in model.calls for t in c]
     )
+
+
+def test_non_streaming_client_that_gives_up_cancels(enc) -> None:
+    numbers = "<|channel|>final<|message|>" + " ".join(map(str, range(600))) + "<|return|>"
+    model, engine, running = start(enc, [numbers, ANSWER], model_type=SlowModel)
+    with running as url:
+        body = {"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "count"}]}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(url + "/v1/chat/completions", json=body, timeout=1.0)
+        steps, deadline = -1, time.monotonic() + 10
+        while steps != len(model.calls) and time.monotonic() < deadline:
+            steps = len(model.calls)
+            time.sleep(0.5)
+        assert len(model.calls) == steps < 600  # the whole reply would take about 1200 steps
