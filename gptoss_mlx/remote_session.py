@@ -2,13 +2,15 @@
 
 It offers what the REPL uses from ChatSession (send, retry, collect, undo, reset, settings,
 messages, stats) over streaming Chat Completions, reading reasoning from `reasoning` or
-`reasoning_content`. The conversation is kept here and resent whole each turn (the server's
+`reasoning_content`. The key, if the server wants one, comes from GPTOSS_API_KEY (or
+OPENAI_API_KEY). The conversation is kept here and resent whole each turn (the server's
 prefix cache makes that cheap on `gptoss serve`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -48,7 +50,9 @@ class RemoteSession(ChatSession):
         self.url = url.rstrip("/")
         self.base = self.url if self.url.endswith("/v1") else self.url + "/v1"
         self.model_name = model
-        self.api_key = api_key
+        self.api_key = (
+            api_key or os.environ.get("GPTOSS_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        )
         self.model_path = self.url
         self._used = 0
 
