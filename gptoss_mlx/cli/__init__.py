@@ -46,8 +46,9 @@ def _register() -> None:
     from . import convert as cli_engine
     from . import distributed as cli_distributed
     from . import models as cli_models
+    from . import serve as cli_serve
 
-    for module in (cli_engine, cli_chat, cli_models, cli_distributed):
+    for module in (cli_engine, cli_chat, cli_models, cli_distributed, cli_serve):
         module.register(app)
 
 

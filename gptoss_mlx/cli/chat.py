@@ -79,6 +79,14 @@ def chat_cmd(
             show_default=False,
         ),
     ] = None,
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            help="Chat with a running `gptoss serve` (or any OpenAI-compatible server) at URL.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Chat with a model. Type /help inside for commands; Ctrl-C stops a reply, Ctrl-D exits."""
     from ..session import store as chatstore
@@ -102,8 +110,18 @@ def chat_cmd(
     from ..session.open import open_session
     from .resolve import model_path
 
-    path = model_dir or model_path(settings.model, yes=settings.yes, interactive=sys.stdin.isatty())
-    session = open_session(settings, path)
+    if server:
+        from ..session.open import session_settings
+        from ..session.remote import RemoteSession
+
+        session = RemoteSession(
+            server, model=model or "", settings=session_settings(settings, 131072)
+        )
+    else:
+        path = model_dir or model_path(
+            settings.model, yes=settings.yes, interactive=sys.stdin.isatty()
+        )
+        session = open_session(settings, path)
     saver = chatstore.Autosaver()
     if record is not None:
         chatstore.apply_record(session, record)

@@ -23,6 +23,7 @@ from ..model.generate import GenerationStats, generate
 from ..model.sampling import SamplerSettings, make_sampler
 
 MAX_CONTEXT = 131072
+__all__ = ["ChatSession", "GenerationStats", "SessionSettings", "TurnResult"]
 KEEP_SNAPSHOTS = 8
 
 

@@ -1,0 +1,153 @@
+"""`gptoss serve`: the OpenAI-compatible server (Chat Completions and Responses) on one model."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..errors import UserError
+from .options import (
+    ContextOpt,
+    DtypeOpt,
+    EffortOpt,
+    ForceOpt,
+    InstructionsOpt,
+    MaxTokensOpt,
+    MinPOpt,
+    ModelOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TopKOpt,
+    TopPOpt,
+    YesOpt,
+    settings_from,
+)
+
+SIZES = {24: "20b", 36: "120b"}  # layers -> the size clients name
+
+
+def serve_cmd(
+    model: ModelOpt = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", "-p", help="Port (0 picks a free one).")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="GPTOSS_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every request. Env GPTOSS_API_KEY.",
+            show_default=False,
+        ),
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool,
+        typer.Option("--insecure-no-auth", help="Allow a non-loopback --host without --api-key."),
+    ] = False,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", help="Requests that may wait for the model (503 beyond).")
+    ] = 16,
+    effort: EffortOpt = None,
+    instructions: InstructionsOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    top_k: TopKOpt = None,
+    min_p: MinPOpt = None,
+    seed: SeedOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    context: ContextOpt = None,
+    dtype: DtypeOpt = None,
+    yes: YesOpt = False,
+    force: ForceOpt = False,
+) -> None:
+    """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/responses)."""
+    if not _loopback(host) and not api_key and not insecure_no_auth:
+        raise UserError(
+            f"refusing to serve on {host} without --api-key (anyone who can reach it could use "
+            "the model); add --api-key KEY, or --insecure-no-auth if that is intended"
+        )
+    if max_queue < 0:
+        raise UserError("--max-queue must be 0 or more")
+    sock = _bind(host, port)
+    settings = settings_from(locals())
+    from ..model.config import ModelConfig
+    from ..server import ServerEngine, create_app
+    from ..server.engine import ALIASES
+    from ..server.worker import GenerationQueue
+    from ..session.open import open_session
+    from .resolve import model_path
+
+    queue = GenerationQueue(max_queue)  # the model lives on the generation thread
+    path = model_path(settings.model, yes=settings.yes, interactive=sys.stdin.isatty())
+    session = queue.call(lambda: open_session(settings, path))
+
+    path = Path(session.model_path)
+    size = SIZES.get(ModelConfig.from_dir(path).num_hidden_layers)
+    aliases = ALIASES.get(size or "", ())
+    model_id = aliases[0] if aliases else path.name
+    engine = ServerEngine(
+        session.model, session.encoding, model_id=model_id, aliases=aliases,
+        defaults=session.settings,
+    )  # fmt: skip
+    app = create_app(engine, api_key=api_key, queue=queue)
+    _run(app, sock, model_id, api_key)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise UserError(
+            f"cannot listen on {host}:{port} ({e.strerror}); pick another --port or --host"
+        ) from None
+    return sock
+
+
+def _banner(url: str, model_id: str, api_key: str | None) -> str:
+    key = api_key or "unused"
+    return (
+        f"gptoss serve: {model_id} at {url}/v1 (Ctrl-C to stop)\n"
+        f"  Python:  from openai import OpenAI\n"
+        f'           client = OpenAI(base_url="{url}/v1", api_key="{key}")\n'
+        f'           reply = client.chat.completions.create(model="{model_id}", '
+        f'messages=[{{"role": "user", "content": "Hello"}}])\n'
+        f"           print(reply.choices[0].message.content)\n"
+        f'  Codex:   [model_providers.gptoss] name = "gptoss-mlx" '
+        f'base_url = "{url}/v1" wire_api = "responses"'
+    )
+
+
+def _run(app: Any, sock: socket.socket, model_id: str, api_key: str | None) -> None:
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    config = uvicorn.Config(
+        app, log_level="info", access_log=True, timeout_graceful_shutdown=5, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    print(_banner(f"http://{shown}:{port}", model_id, api_key), file=sys.stderr, flush=True)
+    # uvicorn handles Ctrl-C and SIGTERM: it stops accepting, lets requests finish for up to 5 s,
+    # then cancels them (which cancels their generations) and runs the app's shutdown.
+    server.run(sockets=[sock])
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_cmd)
