@@ -26,16 +26,35 @@ from .cli_options import (
     YesOpt,
     settings_from,
 )
-from .errors import UserError
+from .errors import INTERRUPTED, ContextFullError, UserError
 
 MAX_STDIN_BYTES = 64 * 2**20
 
 
+def stdin_waiting(stdin: Any) -> bool:
+    """Whether stdin (not a terminal) has data or end-of-file ready now: never blocks."""
+    import select
+
+    try:
+        ready, _, _ = select.select([stdin], [], [], 0)
+    except (OSError, ValueError, TypeError):  # closed, or no file descriptor (a test's StringIO)
+        return not hasattr(stdin, "fileno")
+    return bool(ready)
+
+
 def read_prompt(prompt: str | None, stdin: Any = None) -> str:
-    """The user message: the argument, stdin, or both (stdin is the material, the argument the instruction)."""
+    """The user message: the argument, stdin, or both (stdin is the material, the argument the instruction).
+
+    stdin is read when PROMPT is "-", when there is no PROMPT, or when data is already waiting on
+    it; a PROMPT with a pipe that stays silent (a `while read` loop, mlx.launch) never waits."""
     stdin = stdin if stdin is not None else sys.stdin
     piped = None
-    if prompt == "-" or (stdin is not None and not stdin.isatty()):
+    if stdin is None or stdin.closed:
+        stdin = None
+    use_stdin = prompt in (None, "-") or (
+        stdin is not None and not stdin.isatty() and stdin_waiting(stdin)
+    )
+    if stdin is not None and use_stdin and (prompt == "-" or not stdin.isatty()):
         raw = (
             stdin.buffer.read(MAX_STDIN_BYTES + 1)
             if hasattr(stdin, "buffer")
@@ -65,17 +84,36 @@ def read_prompt(prompt: str | None, stdin: Any = None) -> str:
 def read_tools(path: Path) -> list[Any]:
     from .harmony import ToolSpec
 
+    shape = '{"name", "description", "parameters"}'
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            data = [data]
-        specs = [ToolSpec.from_dict(t.get("function", t)) for t in data]
     except OSError as e:
         raise UserError(f"cannot read --tools file {path}: {e.strerror}") from e
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except UnicodeDecodeError:
+        raise UserError(f"--tools file {path} is not UTF-8 text; save it as UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
         raise UserError(
-            f'--tools file {path} is not a JSON list of {{"name", "description", "parameters"}} objects ({e})'
-        ) from e
+            f"--tools file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix it"
+        ) from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise UserError(f"--tools file {path} must hold a JSON list of {shape} objects")
+    specs = []
+    for i, t in enumerate(data, 1):
+        if not isinstance(t, dict) or not isinstance(t.get("function", t), dict):
+            raise UserError(f"--tools file {path}: tool {i} is not a {shape} object")
+        t = t.get("function", t)
+        if not isinstance(t.get("name"), str) or not t["name"].strip():
+            raise UserError(f'--tools file {path}: tool {i} has no "name" text; add one')
+        if not isinstance(t.get("parameters", {}), dict):
+            raise UserError(
+                f'--tools file {path}: tool {t["name"]!r} has "parameters" that are not a JSON schema object'
+            )
+        try:
+            specs.append(ToolSpec.from_dict(t))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(f"--tools file {path}: tool {t['name']!r} is malformed ({e})") from None
     return specs
 
 
@@ -83,7 +121,7 @@ def run_cmd(
     prompt: Annotated[
         str | None,
         typer.Argument(
-            help='The prompt; "-" or none reads stdin. With both, stdin is the material and the argument the instruction.',
+            help='The prompt; "-" or none reads stdin. With a PROMPT, stdin is read only if data is already waiting on it (a pipe that stays silent is never waited for): it is then the material and PROMPT the instruction.',
             show_default=False,
         ),
     ] = None,
@@ -140,9 +178,10 @@ def run_cmd(
         sys.stdout.write(session.tokenizer.decode(session.prompt_tokens()) + "\n")
         return
     result = run_turn(session, text, show_reasoning=show_reasoning, as_json=as_json)
-    code = 130 if result.finish_reason == "interrupted" else 0
-    if code:
-        raise typer.Exit(code)
+    if result.finish_reason == "interrupted":
+        raise typer.Exit(INTERRUPTED)
+    if result.finish_reason == "context_full":
+        raise typer.Exit(ContextFullError.exit_code)
 
 
 def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) -> Any:
@@ -189,12 +228,23 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
                 f"gptoss: the reply was cut at --max-tokens ({result.stats.generated_tokens} tokens)\n"
             )
         elif result.finish_reason == "context_full":
-            err.write("gptoss: the reply was cut: the context is full (raise --context)\n")
+            err.write(f"gptoss: error: {context_full_advice(session)}\n")
         elif result.finish_reason == "tool_call":
             err.write("gptoss: the model asked for a tool call; see --json for its arguments\n")
         elif interrupted:
             err.write("gptoss: interrupted\n")
     return result
+
+
+def context_full_advice(session: Any) -> str:
+    """What to do when a reply filled the context: raise --context only while it can grow."""
+    limit = session.settings.context
+    top = getattr(session, "max_context", 131072)
+    if limit < top:
+        return (
+            f"the reply was cut: the {limit}-token context is full; raise --context (up to {top})"
+        )
+    return f"the reply was cut: the {limit}-token context (the model's maximum) is full; shorten the prompt or set --max-tokens"
 
 
 def result_json(session: Any, result: Any) -> dict[str, Any]:

@@ -80,4 +80,5 @@ def open_session(
         )
     session = ChatSession(model, tokenizer, encoding, session_settings(settings, context))
     session.model_path = path
+    session.max_context = max_ctx
     return session
