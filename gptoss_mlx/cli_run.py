@@ -49,7 +49,7 @@ def read_prompt(prompt: str | None, stdin: Any = None) -> str:
     it; a PROMPT with a pipe that stays silent (a `while read` loop, mlx.launch) never waits."""
     stdin = stdin if stdin is not None else sys.stdin
     piped = None
-    if stdin is None or stdin.closed:
+    if stdin is None or getattr(stdin, "closed", False):
         stdin = None
     use_stdin = prompt in (None, "-") or (
         stdin is not None and not stdin.isatty() and stdin_waiting(stdin)
