@@ -30,7 +30,7 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class ChatFileError(UserError):
-    pass
+    advice = "`gptoss chat --list` shows the saved chats"
 
 
 def chats_dir() -> Path:

@@ -124,7 +124,8 @@ def chat_cmd(
         repl.note_fork()
         repl.renderer.info(f"resumed chat {saver.id} ({turns} turn{'s' if turns != 1 else ''})")
         repl.renderer.recap(session.messages)
-    repl.run()
+    if not repl.run():
+        raise typer.Exit(UserError.exit_code)  # scripts must not take a lost chat for a kept one
 
 
 def _saved_model(record: dict[str, Any]) -> Path | None:

@@ -88,7 +88,7 @@ def read_tools(path: Path) -> list[Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as e:
-        raise UserError(f"cannot read --tools file {path}: {e.strerror}") from e
+        raise UserError(f"cannot read --tools file {path}: {e.strerror}; check the path") from e
     except UnicodeDecodeError:
         raise UserError(f"--tools file {path} is not UTF-8 text; save it as UTF-8 JSON") from None
     except json.JSONDecodeError as e:
@@ -98,22 +98,24 @@ def read_tools(path: Path) -> list[Any]:
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
-        raise UserError(f"--tools file {path} must hold a JSON list of {shape} objects")
+        raise UserError(f"--tools file {path} must be a JSON list of {shape} objects")
     specs = []
     for i, t in enumerate(data, 1):
         if not isinstance(t, dict) or not isinstance(t.get("function", t), dict):
-            raise UserError(f"--tools file {path}: tool {i} is not a {shape} object")
+            raise UserError(f"--tools file {path}: tool {i} must be a {shape} object")
         t = t.get("function", t)
         if not isinstance(t.get("name"), str) or not t["name"].strip():
             raise UserError(f'--tools file {path}: tool {i} has no "name" text; add one')
         if not isinstance(t.get("parameters", {}), dict):
             raise UserError(
-                f'--tools file {path}: tool {t["name"]!r} has "parameters" that are not a JSON schema object'
+                f'--tools file {path}: tool {t["name"]!r} has "parameters" that are not a JSON schema object; make them one ({{"type": "object", ...}})'
             )
         try:
             specs.append(ToolSpec.from_dict(t))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise UserError(f"--tools file {path}: tool {t['name']!r} is malformed ({e})") from None
+            raise UserError(
+                f"--tools file {path}: tool {t['name']!r} is malformed ({e}); fix it"
+            ) from None
     return specs
 
 

@@ -11,6 +11,14 @@ class UserError(Exception):
     """An error the user can fix; `str(err)` is one line that says what to do."""
 
     exit_code: int = 1
+    # What to do, added to a message that gives no advice of its own (none after a ";").
+    advice: str = ""
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if self.advice and ";" not in message:
+            return f"{message}; {self.advice}"
+        return message
 
 
 class UsageError(UserError):
@@ -21,10 +29,12 @@ class UsageError(UserError):
 
 class ModelNotFoundError(UserError):
     exit_code = 3
+    advice = "`gptoss models` lists the local ones"
 
 
 class BadCheckpointError(UserError):
     exit_code = 4
+    advice = "download or convert the model again"
 
 
 class ContextFullError(UserError):

@@ -201,7 +201,8 @@ class Repl:
         return self._prompt
 
     # ---- the loop -----------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self) -> bool:
+        """The chat loop; False when the chat could not be kept (its autosave failed)."""
         self.banner()
         while True:
             try:
@@ -230,6 +231,8 @@ class Repl:
                     f"chat not saved: autosave to {self.saver.path} failed (see above);"
                     " before leaving a chat, keep it with /save PATH"
                 )
+                return False
+        return True
 
     def read(self) -> str:
         if self.lines is None:

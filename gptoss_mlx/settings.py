@@ -86,16 +86,16 @@ def load_config_file(path: Path | None = None) -> dict[str, Any]:
     unknown = sorted(set(data) - set(_CASTS))
     if unknown:
         raise UserError(
-            f"unknown key(s) {', '.join(unknown)} in {path}; valid keys: {', '.join(sorted(_CASTS))}"
+            f"unknown key(s) {', '.join(unknown)} in {path}; remove or rename them (valid keys: {', '.join(sorted(_CASTS))})"
         )
     return data
 
 
 def _cast(key: str, value: Any, origin: str) -> Any:
     if _CASTS[key] in (int, float) and isinstance(value, bool):
-        raise UserError(f"bad value {value!r} for {key} (from {origin}): expected a number")
+        raise UserError(f"bad value {value!r} for {key} (from {origin}): use a number")
     if _CASTS[key] is int and isinstance(value, float):
-        raise UserError(f"bad value {value!r} for {key} (from {origin}): expected a whole number")
+        raise UserError(f"bad value {value!r} for {key} (from {origin}): use a whole number")
     try:
         return _CASTS[key](value)
     except (TypeError, ValueError, OverflowError) as e:
