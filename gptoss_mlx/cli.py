@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit; GPTOSS_DEBUG=1 shows
     tracebacks. Every code returned here is in errors.EXIT_CODES."""
     debug = os.environ.get("GPTOSS_DEBUG", "") not in ("", "0")
+    if not (sys.argv[1:] if argv is None else argv):
+        return _bare()
     previous = _terminate_as_interrupt()
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="gptoss")
@@ -82,8 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         return INTERNAL
     finally:
         signal.signal(signal.SIGTERM, previous)
-    # standalone_mode=False hands back typer.Exit's code (e.g. a failed doctor check) as the result.
-    return rc if isinstance(rc, int) else 0
+    # standalone_mode=False hands back typer.Exit's code (e.g. a failed doctor check) as the result;
+    # typer turns a KeyboardInterrupt (Ctrl-C, SIGTERM) into Exit(130) itself.
+    code = rc if isinstance(rc, int) else 0
+    if code == INTERRUPTED:
+        print("gptoss: interrupted", file=sys.stderr)
+    return code
+
+
+def _bare() -> int:
+    """A bare `gptoss`: the help on stderr and the usage-error code, with every typer/click version
+    (click 8.1 exits 0 with the help on stdout, 8.2+ exits 2 with it on stderr)."""
+    command = typer.main.get_command(app)
+    ctx = command.context_class(command, info_name="gptoss", **app.info.context_settings)
+    print(command.get_help(ctx), file=sys.stderr)
+    return UsageError.exit_code
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

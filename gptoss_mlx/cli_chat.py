@@ -180,6 +180,11 @@ def print_chat_list(chats: list[Any]) -> None:
     table.add_column("FIRST MESSAGE", overflow="ellipsis", no_wrap=True)
     for row in rows:
         table.add_row(*row)
+    # A table never squeezes a column below its content: rich would cut the id instead. Wider
+    # than the terminal, lines wrap there, whole.
+    fixed = sum(widest(i, t) for i, t in enumerate(("ID", "UPDATED", "TURNS"))) + 3 * 2 + 12
+    if console.width < fixed:
+        console = Console(width=fixed)
     console.print(table)
 
 

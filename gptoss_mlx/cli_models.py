@@ -138,7 +138,11 @@ def models_cmd(
         table.add_column(col, overflow="fold", no_wrap=keep, min_width=width)
     for row in rows:
         table.add_row(*row)
-    _out().print(table)
+    out = _out()
+    fixed = sum(max(len(r[i]) for r in rows) for i in (0, 1, 3)) + 4 * 2 + 24
+    if out.width < fixed:  # rich would cut a name rather than overflow the terminal
+        out.width = fixed
+    out.print(table)
     print_partials()
 
 

@@ -212,11 +212,9 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
             err.write(ev.text)
             err.flush()
 
-    interrupted = False
     with PrefillProgress(enabled=err.isatty() and not as_json) as progress:
         session.progress = progress.update
         result = session.turn(text, on_event=on_event)
-        interrupted = result.finish_reason == "interrupted"
     if state["reasoning_open"]:
         err.write("\x1b[0m\n" if dim else "\n")
     if as_json:
@@ -233,8 +231,6 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
             err.write(f"gptoss: error: {context_full_advice(session)}\n")
         elif result.finish_reason == "tool_call":
             err.write("gptoss: the model asked for a tool call; see --json for its arguments\n")
-        elif interrupted:
-            err.write("gptoss: interrupted\n")
     return result
 
 

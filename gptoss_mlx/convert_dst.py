@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import re
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,6 +87,8 @@ def writable(dst: Path) -> Iterator[None]:
     """Permission and read-only errors as one line naming DST (not a temporary directory)."""
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=dst.parent):  # before the free-space check: that says 0
+            pass
         yield
     except OSError as e:
         if e.errno in NOT_WRITABLE:
