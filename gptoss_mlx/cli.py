@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from . import __version__
-from .errors import INTERNAL, INTERRUPTED, UsageError, UserError
+from .errors import INTERNAL, INTERRUPTED, Terminated, UsageError, UserError
 
 app = typer.Typer(
     name="gptoss",
@@ -102,7 +102,8 @@ def _bare() -> int:
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    Terminated.requested = True
+    raise Terminated
 
 
 def _terminate_as_interrupt() -> Any:

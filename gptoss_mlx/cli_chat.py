@@ -102,6 +102,9 @@ def chat_cmd(
     from .engine import open_session
 
     session = open_session(settings, interactive=sys.stdin.isatty(), path=model_dir)
+    from .cli_run import note_slow_start
+
+    note_slow_start()
     saver = chatstore.Autosaver()
     if record is not None:
         chatstore.apply_record(session, record)

@@ -173,6 +173,7 @@ def run_cmd(
         for_prompt_only=show_prompt,
     )
     session.settings.tools = specs
+    note_slow_start()
     if show_prompt:
         from . import harmony
 
@@ -232,6 +233,14 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
         elif result.finish_reason == "tool_call":
             err.write("gptoss: the model asked for a tool call; see --json for its arguments\n")
     return result
+
+
+def note_slow_start() -> None:
+    """Say (on stderr) when the C kernels had to be rebuilt because the cache dir is read-only."""
+    mod = sys.modules.get("gptoss_mlx.cpu_kernels")
+    status = mod.status() if mod is not None else None
+    if status is not None and status.available and "not writable" in status.reason:
+        print(f"gptoss: note: C kernels {status.reason}", file=sys.stderr)
 
 
 def context_full_advice(session: Any) -> str:

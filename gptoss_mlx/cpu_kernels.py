@@ -9,6 +9,7 @@ None and `status()` says why. GPTOSS_KERNELS=off disables it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import platform
@@ -128,7 +129,9 @@ def _load() -> tuple[ctypes.CDLL | None, KernelStatus]:
         try:
             path = _build(cc)
             lib = ctypes.CDLL(str(path))
-        except PermissionError as e:
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
             # An unwritable cache dir must not silently cost the fast path: build in a
             # temporary folder (removed at once; the loaded library stays mapped) and say so.
             with tempfile.TemporaryDirectory(prefix="gptoss-kernels-") as tmp:

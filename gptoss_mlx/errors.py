@@ -53,6 +53,13 @@ class DownloadError(UserError):
     exit_code = 8
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: stops work like Ctrl-C, and `requested` tells loops that would survive a Ctrl-C
+    (the chat prompt) to save and leave."""
+
+    requested = False
+
+
 OK = 0
 INTERRUPTED = 130  # Ctrl-C (SIGINT) and SIGTERM alike: the work stopped, nothing half-written kept
 INTERNAL = 70  # a bug in gptoss, never a user's mistake

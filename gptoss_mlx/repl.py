@@ -22,7 +22,7 @@ from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 
 from . import chatstore, harmony
-from .errors import ContextFullError, UserError
+from .errors import ContextFullError, Terminated, UserError
 from .render import REASONING_MODES, Renderer
 
 PROMPT = ">>> "
@@ -204,11 +204,12 @@ class Repl:
     def run(self) -> bool:
         """The chat loop; False when the chat could not be kept (its autosave failed)."""
         self.banner()
-        while True:
+        while not Terminated.requested:  # SIGTERM: save and leave
             try:
                 line = self.read()
             except KeyboardInterrupt:
-                self.renderer.info("(Ctrl-D or /exit to leave)")
+                if not Terminated.requested:
+                    self.renderer.info("(Ctrl-D or /exit to leave)")
                 continue
             except EOFError:
                 break
@@ -221,6 +222,13 @@ class Repl:
                 self.renderer.error(str(e))
             except KeyboardInterrupt:
                 self.renderer.warn("interrupted")
+        try:
+            return self._leave()
+        finally:
+            if Terminated.requested:
+                raise Terminated
+
+    def _leave(self) -> bool:
         saved = self.save()
         self.saver.release()
         if self.session.messages and self.autosave:

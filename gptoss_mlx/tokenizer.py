@@ -280,11 +280,20 @@ def harmony_encodings_dir(model_dir: Path) -> Path:
     try:
         atomic_write_bytes(cached / TIKTOKEN_FILE, content)
     except OSError as e:
-        raise UserError(
+        raise CacheNotWritable(
             f"cannot write to the cache dir {paths.cache_dir()} ({e.strerror or e});"
-            " make it writable or set XDG_CACHE_HOME to a folder you can write to"
+            " make it writable or set XDG_CACHE_HOME to a folder you can write to",
+            content,
         ) from e
     return cached
+
+
+class CacheNotWritable(UserError):
+    """The derived vocabulary could not be kept; `content` is it, for a temporary folder."""
+
+    def __init__(self, message: str, content: bytes) -> None:
+        super().__init__(message)
+        self.content = content
 
 
 class Tokenizer:

@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,10 +236,10 @@ CASES = [
         setup=_write("file", "not a folder"),
     ),
     Case(
-        "env-cache-is-a-file",
+        "env-cache-is-a-file",  # the vocabulary is derived into a temporary folder
         ["run", "-m", "{home}/model", "--show-prompt", "hi"],
-        BAD_SETTING,
-        r"cache dir.*XDG_CACHE_HOME",
+        0,
+        None,
         env={"XDG_CACHE_HOME": "{home}/file"},
         setup=lambda h, t: (_model(h, t), _write("file", "x")(h, t)),
     ),
@@ -598,20 +599,47 @@ def tiny(tiny_checkpoint) -> Path:
     return Path(tiny_checkpoint)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_fault(case: Case, tmp_path: Path, tiny: Path) -> None:
-    home = tmp_path
+@dataclass
+class Ran:
+    home: Path
+    env: dict[str, str]
+    planted: dict[str, tuple[int, int]]
+    result: subprocess.CompletedProcess | None = None
+    seconds: float = 0.0
+
+
+def _run_case(case: Case, home: Path, tiny: Path) -> Ran:
+    home.mkdir()
     if case.setup is not None:
         case.setup(home, tiny)
     env = fault_env(home, **{k: _fmt(v, home) for k, v in case.env.items()})
-    planted = snapshot(home)
-    tiny_before = snapshot(tiny)
+    ran = Ran(home, env, snapshot(home))
     started = time.monotonic()
-    r = gptoss([_fmt(a, home) for a in case.args], env, stdin=case.stdin, timeout=case.seconds + 30)
-    elapsed = time.monotonic() - started
-    assert_clean_exit(r, case.code, case.says, home, env, planted)
-    assert snapshot(tiny) == tiny_before
-    assert elapsed < case.seconds, f"took {elapsed:.1f} s"
+    ran.result = gptoss(
+        [_fmt(a, home) for a in case.args], env, stdin=case.stdin, timeout=case.seconds + 30
+    )
+    ran.seconds = time.monotonic() - started
+    return ran
+
+
+@pytest.fixture(scope="module")
+def ran(tiny: Path, tmp_path_factory) -> dict[str, Ran]:
+    """Every case run once, three at a time: most of each run is Python starting up."""
+    root = tmp_path_factory.mktemp("faults")
+    before = snapshot(tiny)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {c.id: pool.submit(_run_case, c, root / c.id, tiny) for c in CASES}
+        out = {cid: f.result() for cid, f in futures.items()}
+    assert snapshot(tiny) == before, "a case changed the shared checkpoint"
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_fault(case: Case, ran: dict[str, Ran]) -> None:
+    r = ran[case.id]
+    assert_clean_exit(r.result, case.code, case.says, r.home, r.env, r.planted)
+    # The bound is for a lone run; three share the machine here.
+    assert r.seconds < case.seconds * 2, f"took {r.seconds:.1f} s"
 
 
 def test_the_catalogue_is_wide_enough():
