@@ -407,3 +407,28 @@ def test_a_read_only_cache_dir_costs_time_not_the_run_and_says_so(tiny, tmp_path
     [row] = [row for row in json.loads(r.stdout) if row["check"] == "kernels"]
     assert row["status"] == "warn" and "not writable" in row["detail"], row
     assert list(ro.iterdir()) == []
+
+
+def test_a_killed_chat_resumes_under_its_own_id(harmony_model, tmp_path):
+    """SIGKILL leaves a chat's lock file; the lock itself died with the process, so the next
+    --resume takes the chat over (no fork) and removes the file when it leaves."""
+    env = fault_env(tmp_path)
+    base = ["chat", "-m", str(harmony_model), "-t", "0", "-n", "8"]
+    chat = popen(base, env, stdin=subprocess.PIPE)
+    chat.stdin.write(b"before the kill\n")
+    chat.stdin.flush()
+    chats = tmp_path / "state" / "gptoss" / "chats"
+    assert wait_for(lambda: list(chats.glob("*.json")), timeout=120)
+    chat.stdin.write(b"a turn the kill interrupts\n")
+    chat.stdin.flush()
+    chat.kill()
+    chat.communicate(timeout=30)
+    [saved] = chats.glob("*.json")
+    assert list(chats.glob(".*.lock"))  # left by the killed process
+
+    r = gptoss([*base, "--resume"], env, stdin=b"after the kill\n", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "open in another gptoss" not in r.stdout
+    record = json.loads(saved.read_text())
+    assert _users(record)[0] == "before the kill" and _users(record)[-1] == "after the kill"
+    assert [p.name for p in chats.iterdir()] == [saved.name]
