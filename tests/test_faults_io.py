@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .hub_server import wait_for
-from .test_faults import (
+from .faults import (
     fault_env,
     gptoss,
     leftovers,
@@ -29,6 +28,7 @@ from .test_faults import (
     one_error_line,
     snapshot,
 )
+from .hub_server import wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
