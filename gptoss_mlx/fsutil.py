@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -33,14 +35,30 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         raise
 
 
+PARTIAL_SUFFIX = ".partial"
+WRITER_FILE = ".gptoss-writer"  # inside a partial: holds its writer's pid, flock'ed while it lives
+_UNLOCKED_GRACE_SECONDS = 600  # a partial without a writer file this old is an older version's
+
+
 @contextlib.contextmanager
 def atomic_directory(dst: Path | str, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of `dst`; on success it replaces `dst`, on error it is removed."""
+    """Yield a temporary sibling of `dst`; on success it replaces `dst`, on error it is removed.
+
+    The sibling holds WRITER_FILE, locked while this process writes, so that a later run can
+    prove a leftover partial's writer is gone (remove_stale_partials)."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=PARTIAL_SUFFIX, dir=dst.parent))
+    writer = None
     try:
+        writer = open(tmp / WRITER_FILE, "w")  # noqa: SIM115 (held open: the lock lives with it)
+        fcntl.flock(writer, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        writer.write(f"{os.getpid()}\n")
+        writer.flush()
         yield tmp
+        writer.close()
+        writer = None
+        os.unlink(tmp / WRITER_FILE)
         if dst.exists():
             if not force:
                 raise FileExistsError(dst)
@@ -53,6 +71,8 @@ def atomic_directory(dst: Path | str, force: bool = False) -> Iterator[Path]:
         else:
             os.replace(tmp, dst)
     except BaseException:
+        if writer is not None:
+            writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
@@ -99,3 +119,58 @@ def check_disk(needs: Iterable[tuple[Path, int, str]]) -> None:
                 f"not enough disk space for the {what}: {human_bytes(need)} needed in {d} but only "
                 f"{human_bytes(free)} free; free up {human_bytes(need - free)} or {hint}"
             )
+
+
+def _writer_alive(partial: Path) -> bool:
+    """True while the process that made `partial` still holds its lock (or may: no proof yet)."""
+    try:
+        fh = open(partial / WRITER_FILE)  # noqa: SIM115
+    except FileNotFoundError:
+        try:
+            age = time.time() - partial.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return age < _UNLOCKED_GRACE_SECONDS
+    except OSError:
+        return True  # unreadable: not ours to judge
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
+def leftover_partials(parent: Path | str) -> list[Path]:
+    """Partial directories atomic_directory left in `parent` whose writer is gone."""
+    parent = Path(parent)
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return []
+    return sorted(
+        p
+        for p in entries
+        if p.name.startswith(".")
+        and p.name.endswith(PARTIAL_SUFFIX)
+        and p.is_dir()
+        and not p.is_symlink()
+        and not _writer_alive(p)
+    )
+
+
+def remove_stale_partials(parent: Path | str) -> list[Path]:
+    """Delete leftover_partials(parent); return what was removed."""
+    gone = leftover_partials(parent)
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return [p for p in gone if not p.exists()]
+
+
+def tree_size(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total

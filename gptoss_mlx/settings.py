@@ -10,6 +10,7 @@ The config file is TOML (`~/.config/gptoss/config.toml`, or `$GPTOSS_CONFIG`), e
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -38,6 +39,7 @@ class Settings:
     yes: bool = False
     force: bool = False
     sources: dict[str, str] = field(default_factory=dict, repr=False)
+    config_path: str = field(default="", repr=False)  # the config file read, to name it in errors
 
 
 _CASTS: dict[str, Any] = {
@@ -52,9 +54,20 @@ _CASTS: dict[str, Any] = {
     "max_tokens": int,
     "context": int,
     "dtype": str,
-    "yes": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes"),
-    "force": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes"),
+    "yes": lambda v: _bool(v),
+    "force": lambda v: _bool(v),
 }
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    word = str(v).strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError(f"not a yes/no value: {v!r}")
+    return word in _TRUE
 
 
 def env_name(key: str) -> str:
@@ -73,35 +86,85 @@ def load_config_file(path: Path | None = None) -> dict[str, Any]:
     unknown = sorted(set(data) - set(_CASTS))
     if unknown:
         raise UserError(
-            f"unknown key(s) {', '.join(unknown)} in {path}; valid keys: {', '.join(sorted(_CASTS))}"
+            f"unknown key(s) {', '.join(unknown)} in {path}; remove or rename them (valid keys: {', '.join(sorted(_CASTS))})"
         )
     return data
 
 
 def _cast(key: str, value: Any, origin: str) -> Any:
+    if _CASTS[key] in (int, float) and isinstance(value, bool):
+        raise UserError(f"bad value {value!r} for {key} (from {origin}): use a number")
+    if _CASTS[key] is int and isinstance(value, float):
+        raise UserError(f"bad value {value!r} for {key} (from {origin}): use a whole number")
     try:
         return _CASTS[key](value)
-    except (TypeError, ValueError) as e:
-        raise UserError(f"bad value {value!r} for {key} (from {origin})") from e
+    except (TypeError, ValueError, OverflowError) as e:
+        kind = {int: "a whole number", float: "a number", str: "text"}.get(
+            _CASTS[key], "yes or no (1/0, true/false)"
+        )
+        raise UserError(f"bad value {value!r} for {key} (from {origin}): use {kind}") from e
+
+
+def origin(s: Settings, key: str) -> str:
+    """Where a setting came from, as the user would find it again."""
+    where = s.sources.get(key, "default")
+    if where == "flag":
+        return "--" + key.replace("_", "-")
+    if where == "env":
+        return env_name(key)
+    if where == "config":
+        return f"key {key} in {s.config_path or 'the config file'}"
+    return "the default"
+
+
+# Numeric settings: (lowest, highest) allowed; every one must also be finite.
+LIMITS: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 100.0),
+    "top_p": (0.0, 1.0),
+    "top_k": (0, 1_000_000),
+    "min_p": (0.0, 1.0),
+    "seed": (0, 2**64 - 1),
+    "max_tokens": (1, 131072),
+    "context": (16, 131072),
+}
+
+
+def _check_number(s: Settings, key: str, rule: str, ok: bool) -> None:
+    value = getattr(s, key)
+    if not ok or not math.isfinite(value):
+        raise UserError(
+            f"{key.replace('_', '-')} must be {rule}, not {value!r} (from {origin(s, key)})"
+        )
 
 
 def validate(s: Settings) -> Settings:
     if s.effort not in EFFORTS:
-        raise UserError(f"effort must be one of {', '.join(EFFORTS)}, not {s.effort!r}")
-    if s.temperature < 0:
-        raise UserError("temperature must be >= 0 (0 means greedy)")
-    if not 0 < s.top_p <= 1:
-        raise UserError("top-p must be in (0, 1]")
-    if s.top_k < 0:
-        raise UserError("top-k must be >= 0 (0 turns it off)")
-    if not 0 <= s.min_p < 1:
-        raise UserError("min-p must be in [0, 1)")
-    if s.max_tokens is not None and s.max_tokens < 1:
-        raise UserError("max-tokens must be >= 1")
-    if s.context is not None and not 16 <= s.context <= 131072:
-        raise UserError("context must be between 16 and 131072 tokens")
+        raise UserError(
+            f"effort must be one of {', '.join(EFFORTS)}, not {s.effort!r} (from {origin(s, 'effort')})"
+        )
+    lo, hi = LIMITS["temperature"]
+    _check_number(s, "temperature", "between 0 (greedy) and 100", lo <= s.temperature <= hi)
+    _check_number(s, "top_p", "in (0, 1]", 0 < s.top_p <= 1)
+    _check_number(s, "top_k", "between 0 (off) and 1000000", 0 <= s.top_k <= LIMITS["top_k"][1])
+    _check_number(s, "min_p", "in [0, 1)", 0 <= s.min_p < 1)
+    if s.seed is not None:
+        _check_number(s, "seed", "between 0 and 2^64-1", 0 <= s.seed <= LIMITS["seed"][1])
+    if s.max_tokens is not None:
+        _check_number(s, "max_tokens", "between 1 and 131072", 1 <= s.max_tokens <= 131072)
+    if s.context is not None:
+        _check_number(s, "context", "between 16 and 131072 tokens", 16 <= s.context <= 131072)
     if s.dtype not in (None, "float32", "bfloat16", "float16"):
-        raise UserError("dtype must be float32, bfloat16 or float16")
+        raise UserError(
+            f"dtype must be float32, bfloat16 or float16, not {s.dtype!r} (from {origin(s, 'dtype')})"
+        )
+    for key in ("model", "instructions"):
+        value = getattr(s, key)
+        if value is not None and "\x00" in value:
+            raise UserError(f"{key} contains a NUL byte (from {origin(s, key)}); remove it")
+    if not s.model.strip():
+        raise UserError(
+            f"model is empty (from {origin(s, 'model')}); use 20b, 120b, a repo id or a path"
+        )
     return s
 
 
@@ -110,9 +173,10 @@ def resolve(flags: dict[str, Any] | None = None, config_path: Path | None = None
     flags = flags or {}
     config = load_config_file(config_path)
     s = Settings()
+    s.config_path = str(config_path or config_file())
     for f in fields(Settings):
         key = f.name
-        if key == "sources":
+        if key in ("sources", "config_path"):
             continue
         if flags.get(key) is not None:
             setattr(s, key, _cast(key, flags[key], "command line"))
@@ -121,7 +185,7 @@ def resolve(flags: dict[str, Any] | None = None, config_path: Path | None = None
             setattr(s, key, _cast(key, os.environ[env_name(key)], env_name(key)))
             s.sources[key] = "env"
         elif key in config:
-            setattr(s, key, _cast(key, config[key], "config file"))
+            setattr(s, key, _cast(key, config[key], f"key {key} in {s.config_path}"))
             s.sources[key] = "config"
         else:
             s.sources[key] = "default"

@@ -39,9 +39,12 @@ def main() -> int:
     hf = cached_harmony_model(ROOT / ".cache" / "fixtures", log=lambda m: print(m, flush=True))
     print(f"Hugging Face layout: {hf}")
 
-    say("converting it to MLX format")
-    mlx_dir = work / "tiny-harmony-mlx"
+    say("converting it to MLX format (into the models directory, so `gptoss models` lists it)")
+    from gptoss_mlx.paths import models_dir
+
+    mlx_dir = models_dir() / "gptoss-demo-tiny"
     gptoss("convert", str(hf), str(mlx_dir), "--force")
+    gptoss("models")
 
     say("one-shot prompt (the answer on stdout, the reasoning on stderr)")
     gptoss("run", "-m", str(mlx_dir), "--temperature", "0", "--show-reasoning", "What is 2+2?")
@@ -53,6 +56,7 @@ def main() -> int:
         gptoss("chat", "-m", str(mlx_dir), "--temperature", "0")
     else:
         say(f"not a terminal: run `gptoss chat -m {mlx_dir} --temperature 0` to chat")
+    print(f"(remove the demo model with `gptoss rm {mlx_dir.name} --yes`)")
     return 0
 
 

@@ -843,11 +843,11 @@ def source_hash() -> str:
 
 def cached_harmony_model(cache_root: Path | str, log: Any = print) -> Path:
     """The trained model under `cache_root/harmony-<source hash>`, built on first use (one
-    builder at a time, others wait). Its `.gptoss/` encodings folder is written too, so the
-    folder's contents do not depend on what used it first."""
+    builder at a time, others wait). `harmony-<hash>.done` beside it marks a finished build;
+    the folder itself is never written to afterwards."""
     cache_root = Path(cache_root)
     path = cache_root / f"harmony-{source_hash()}"
-    done = path / ".gptoss" / "o200k_base.tiktoken"
+    done = cache_root / f"harmony-{source_hash()}.done"
     if done.is_file():
         return path
     cache_root.mkdir(parents=True, exist_ok=True)
@@ -855,10 +855,11 @@ def cached_harmony_model(cache_root: Path | str, log: Any = print) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.is_file():
             train_harmony_model(path, log=log)
-            harmony_encodings_dir(path)
+            harmony_encodings_dir(path)  # checks the tokenizer, fills the user cache
+            done.touch()
             # Older builds go once no concurrent run can still be using them.
             for old in cache_root.glob("harmony-*"):
-                if old != path and time.time() - old.stat().st_mtime > 3600:
+                if old not in (path, done) and time.time() - old.stat().st_mtime > 3600:
                     shutil.rmtree(old, ignore_errors=True)
     return path
 

@@ -34,19 +34,17 @@ def _sources_hash() -> str:
 def tiny_checkpoint() -> Path:
     """A random-weight tiny gpt-oss checkpoint in the hub layout. Shared: copy it before changing it.
 
-    It already holds `.gptoss/o200k_base.tiktoken` (what harmony_encodings_dir writes beside a
-    model), so its file list does not depend on which tests ran first.
+    Its folder is never written to after the build (harmony_encodings_dir keeps its derived
+    vocabulary in the user cache dir), so its file list does not depend on which tests ran first.
     """
-    from gptoss_mlx.harmony.tokenizer import harmony_encodings_dir
     from scripts.make_checkpoint import make_checkpoint
 
     FIXTURES.mkdir(parents=True, exist_ok=True)
     out = FIXTURES / f"tiny-{_sources_hash()}"
     with open(FIXTURES / "tiny.lock", "w") as lock:  # concurrent pytest runs build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / ".gptoss" / "o200k_base.tiktoken").is_file():
+        if not (out / "tokenizer.json").is_file():
             make_checkpoint(out, preset="tiny", seed=0)
-            harmony_encodings_dir(out)
             # Older builds go once no concurrent run can still be using them.
             for old in FIXTURES.glob("tiny-*"):
                 if old != out and time.time() - old.stat().st_mtime > 3600:

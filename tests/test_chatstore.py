@@ -185,6 +185,7 @@ def test_autosave_list_and_find(session, tmp_path):
     conversation(session, ("Second question", "answer"))
     second.save(session)
     (chats / "broken.json").write_text("{")  # unreadable files are skipped by --list
+    os.utime(chats / "broken.json", (1e9, 1e9))  # an old one: the latest chat is still fine
 
     listed = chatstore.list_chats(chats)
     assert [c.id for c in listed] == ["20260102-second", saver.id]
@@ -199,6 +200,11 @@ def test_autosave_list_and_find(session, tmp_path):
         chatstore.find("zzz", chats)
     with pytest.raises(chatstore.ChatFileError, match="no saved chats in"):
         chatstore.find(None, tmp_path / "empty")
+    # The newest autosave damaged: --resume names it instead of resuming an older chat (or
+    # saying there are none).
+    (chats / "broken.json").touch()
+    with pytest.raises(chatstore.ChatFileError, match="latest saved chat is damaged.*broken.json"):
+        chatstore.find(None, chats)
 
 
 def test_adopt_keeps_only_safe_ids(tmp_path):

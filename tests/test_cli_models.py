@@ -76,7 +76,8 @@ def test_models_lists_downloads_and_converted_models(home, tiny_checkpoint):
 def test_models_when_there_are_none(tmp_path):
     r = run_cli(["models"], cli_env(tmp_path))
     assert r.returncode == 0
-    assert r.stdout.strip() == "no local models; run `gptoss download 20b`"
+    models = tmp_path / "gptoss" / "models"
+    assert r.stdout.strip() == f"no local models in {models}; run `gptoss download 20b`"
     assert json.loads(run_cli(["models", "--json"], cli_env(tmp_path)).stdout) == []
 
 

@@ -129,21 +129,36 @@ def test_mlx_lm_loads_our_output_with_the_same_logits(converted, variant):
 def test_refuses_existing_destination(tiny_checkpoint, tmp_path):
     dst = tmp_path / "out"
     dst.mkdir()
-    (dst / "mine.txt").write_text("keep me")
+    (dst / "config.json").write_text("keep me")
+    (dst / "model.safetensors").write_text("and me")
     r = run_cli("convert", str(tiny_checkpoint), str(dst), "--no-verify")
     assert r.returncode == 1
-    assert "already exists" in r.stderr and "--force" in r.stderr
-    assert (dst / "mine.txt").read_text() == "keep me"
+    assert "already holds a converted model" in r.stderr and "--force" in r.stderr
+    assert (dst / "config.json").read_text() == "keep me"
 
 
-def test_force_replaces_destination(tiny_checkpoint, tmp_path):
+def test_force_replaces_a_converted_model(tiny_checkpoint, tmp_path):
     dst = tmp_path / "out"
-    dst.mkdir()
-    (dst / "old.txt").write_text("old")
+    r = run_cli("convert", str(tiny_checkpoint), str(dst), "--no-verify")
+    assert r.returncode == 0, r.stderr
+    (dst / "model.safetensors.index.json").write_text("{}")  # damaged: worth replacing
     r = run_cli("convert", str(tiny_checkpoint), str(dst), "--force", "--no-verify")
     assert r.returncode == 0, r.stderr
-    assert not (dst / "old.txt").exists()
-    assert (dst / "config.json").exists()
+    assert json.loads((dst / "model.safetensors.index.json").read_text())["weight_map"]
+
+
+def test_force_never_replaces_a_folder_with_other_files(tiny_checkpoint, tmp_path):
+    """Bug: `--force` deleted whatever DST was (the user's other files, even the source)."""
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "config.json").write_text("{}")
+    (dst / "notes.txt").write_text("mine")
+    r = run_cli("convert", str(tiny_checkpoint), str(dst), "--force", "--no-verify")
+    assert r.returncode == 1, r.stderr
+    assert "notes.txt" in r.stderr and "not even with --force" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert (dst / "notes.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
 def test_missing_shard_is_one_clear_line(tiny_checkpoint, tmp_path):

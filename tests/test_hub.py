@@ -178,13 +178,15 @@ def _interrupted_download(hub: FakeHub, source: Path, env: dict[str, str], sig: 
         proc.communicate(timeout=15)
     finally:
         hub.release()
-    assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    assert proc.returncode == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
     hub.stall.clear()
     hub.requests.clear()
     return stalled
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "ctrl-c"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "ctrl-c", "SIGTERM"]
+)
 def test_an_interrupted_download_resumes_where_it_stopped(hub, source, tmp_path, sig):
     env = cli_env(tmp_path, hub)
     stalled = _interrupted_download(hub, source, env, sig)

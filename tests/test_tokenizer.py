@@ -192,23 +192,19 @@ def test_derived_tiktoken_file_equals_the_original(tiny_checkpoint, tmp_path):
     assert out.read_bytes() == original
 
 
-def test_encodings_dir_beside_the_model_else_in_the_cache(tiny_checkpoint, tmp_path, monkeypatch):
+def test_encodings_dir_is_in_the_user_cache_never_beside_the_model(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     model = tmp_path / "model"
     model.mkdir()
     (model / "tokenizer.json").symlink_to(tiny_checkpoint / "tokenizer.json")
-    assert harmony_encodings_dir(model) == model / ".gptoss"
-    assert harmony_encodings_dir(model) == model / ".gptoss"  # reused
-
-    blocked = tmp_path / "blocked"
-    blocked.mkdir()
-    (blocked / "tokenizer.json").symlink_to(tiny_checkpoint / "tokenizer.json")
-    (blocked / ".gptoss").write_text("not a folder")  # as root, a file is what blocks writing
-    folder = harmony_encodings_dir(blocked)
+    folder = harmony_encodings_dir(model)
     assert folder.parent == tmp_path / "cache" / "gptoss" / "encodings"
-    assert (folder / "o200k_base.tiktoken").read_bytes() == (
-        model / ".gptoss" / "o200k_base.tiktoken"
-    ).read_bytes()
+    assert harmony_encodings_dir(model) == folder  # reused
+    assert [p.name for p in model.iterdir()] == ["tokenizer.json"]  # the model folder untouched
+    original = gzip.decompress(find_o200k_base().read_bytes())
+    assert (folder / "o200k_base.tiktoken").read_bytes() == original
 
 
 def test_foreign_tokenizer_is_refused(tmp_path):

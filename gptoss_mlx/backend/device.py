@@ -143,7 +143,9 @@ def backend_report() -> list[tuple[str, str, str]]:
         rows.append(("blas", "warn", f"MLX's bundled reference BLAS (slow): {b.reason}"))
     k = cpu_kernels.status()
     fast, why = cpu_fast_path(mx.float32)
-    if k.available:
+    if k.available and "not writable" in k.reason:  # rebuilt at every start: say why, once
+        rows.append(("kernels", "warn", f"{k.simd}, {k.threads} threads, {k.reason}"))
+    elif k.available:
         rows.append(("kernels", "ok", f"{k.simd}, {k.threads} threads, {k.path}"))
     else:
         rows.append(("kernels", "warn", f"{k.reason}; decode and prefill run in plain MLX"))

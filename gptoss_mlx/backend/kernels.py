@@ -9,6 +9,7 @@ None and `status()` says why. GPTOSS_KERNELS=off disables it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
 import platform
@@ -86,12 +87,12 @@ def _cache_dir() -> Path:
     return cache_dir() / "kernels"
 
 
-def _build(cc: str) -> Path:
+def _build(cc: str, directory: Path | None = None) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(
         SOURCE.read_bytes() + version.encode() + _cpu_id().encode() + " ".join(FLAGS).encode()
     ).hexdigest()[:16]
-    out = _cache_dir() / f"gptoss-kernels-{key}.so"
+    out = (directory or _cache_dir()) / f"gptoss-kernels-{key}.so"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -123,16 +124,27 @@ def _load() -> tuple[ctypes.CDLL | None, KernelStatus]:
     # Idle OpenMP workers sleep instead of spinning: on a shared or busy machine spinning
     # threads steal the cores the next kernel needs (4x slower gemv measured on the CI machine).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    how = f"built with {cc}"
     try:
-        path = _build(cc)
-        lib = ctypes.CDLL(str(path))
+        try:
+            path = _build(cc)
+            lib = ctypes.CDLL(str(path))
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            # An unwritable cache dir must not silently cost the fast path: build in a
+            # temporary folder (removed at once; the loaded library stays mapped) and say so.
+            with tempfile.TemporaryDirectory(prefix="gptoss-kernels-") as tmp:
+                path = _build(cc, Path(tmp))
+                lib = ctypes.CDLL(str(path))
+            how += f" at each start: the cache dir {_cache_dir()} is not writable ({e.strerror})"
     except (OSError, RuntimeError) as e:
         return None, KernelStatus(False, f"kernels unavailable: {e}")
     for name, (res, args) in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
     simd = "AVX-512" if lib.gptoss_simd() == 512 else "portable C"
-    status = KernelStatus(True, f"built with {cc}", str(path), lib.gptoss_num_threads(), simd)
+    status = KernelStatus(True, how, str(path), lib.gptoss_num_threads(), simd)
     return lib, status
 
 

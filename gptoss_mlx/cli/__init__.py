@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import INTERNAL, INTERRUPTED, Terminated, UsageError, UserError
 
 app = typer.Typer(
     name="gptoss",
@@ -56,13 +57,14 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors become one line on stderr and a non-zero exit; GPTOSS_DEBUG=1 shows tracebacks."""
+    """Entry point: user errors become one line on stderr and a non-zero exit; GPTOSS_DEBUG=1 shows
+    tracebacks. Every code returned here is in errors.EXIT_CODES."""
     debug = os.environ.get("GPTOSS_DEBUG", "") not in ("", "0")
+    if not (sys.argv[1:] if argv is None else argv):
+        return _bare()
+    previous = _terminate_as_interrupt()
     try:
-        # Without standalone mode click returns a command's typer.Exit code instead of raising it.
-        code = app(args=argv, standalone_mode=False, prog_name="gptoss")
-        if isinstance(code, int) and code:
-            return code
+        rc = app(args=argv, standalone_mode=False, prog_name="gptoss")
     except UserError as e:
         if debug:
             raise
@@ -72,23 +74,70 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print("gptoss: interrupted", file=sys.stderr)
-        return 130
-    except typer.Exit as e:
-        return e.exit_code
-    except typer.Abort:
-        print("gptoss: aborted", file=sys.stderr)
-        return 1
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
+        return INTERRUPTED
+    except Exception as e:
+        code = _click_exit(e)
+        if code is not None:
+            return code
         if debug:
             raise
         print(
             f"gptoss: internal error: {type(e).__name__}: {e} (set GPTOSS_DEBUG=1 for the traceback)",
             file=sys.stderr,
         )
-        return 70
-    return 0
+        return INTERNAL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # standalone_mode=False hands back typer.Exit's code (e.g. a failed doctor check) as the result;
+    # typer turns a KeyboardInterrupt (Ctrl-C, SIGTERM) into Exit(130) itself.
+    code = rc if isinstance(rc, int) else 0
+    if code == INTERRUPTED:
+        print("gptoss: interrupted", file=sys.stderr)
+    return code
+
+
+def _bare() -> int:
+    """A bare `gptoss`: the help on stderr and the usage-error code, with every typer/click version
+    (click 8.1 exits 0 with the help on stdout, 8.2+ exits 2 with it on stderr)."""
+    command = typer.main.get_command(app)
+    ctx = command.context_class(command, info_name="gptoss", **app.info.context_settings)
+    print(command.get_help(ctx), file=sys.stderr)
+    return UsageError.exit_code
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    Terminated.requested = True
+    raise Terminated
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM stops long work the way Ctrl-C does: partial output removed, exit 130."""
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def _click_exit(e: Exception) -> int | None:
+    """The exit code for click's exceptions, from click itself or the copy typer 0.26+ vendors
+    (matched by class name, since the two copies share no classes); None for anything else."""
+    names = {c.__name__ for c in type(e).__mro__}
+    code = getattr(e, "exit_code", None)
+    if "Abort" in names:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, KeyboardInterrupt):
+            print("gptoss: interrupted", file=sys.stderr)
+            return INTERRUPTED
+        print("gptoss: aborted", file=sys.stderr)
+        return UserError.exit_code
+    if "Exit" in names and isinstance(code, int):
+        return code
+    if "ClickException" not in names or not isinstance(code, int):
+        return None
+    if "NoArgsIsHelpError" in names:  # a bare `gptoss`: the help, and the usage-error code
+        print(str(e).rstrip(), file=sys.stderr)
+        return UsageError.exit_code
+    message = e.format_message() if hasattr(e, "format_message") else str(e)
+    message = " ".join(message.split())
+    ctx = getattr(e, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "gptoss"
+    hint = f" (see `{path} --help`)" if "UsageError" in names else ""
+    print(f"gptoss: error: {message}{hint}", file=sys.stderr)
+    return code

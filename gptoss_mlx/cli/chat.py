@@ -122,6 +122,9 @@ def chat_cmd(
             settings.model, yes=settings.yes, interactive=sys.stdin.isatty()
         )
         session = open_session(settings, path)
+    from .run import note_slow_start
+
+    note_slow_start()
     saver = chatstore.Autosaver()
     if record is not None:
         chatstore.apply_record(session, record)
@@ -141,14 +144,25 @@ def chat_cmd(
     )
     if record is not None:
         turns = sum(1 for m in session.messages if m.role == "user")
+        repl.note_fork()
         repl.renderer.info(f"resumed chat {saver.id} ({turns} turn{'s' if turns != 1 else ''})")
         repl.renderer.recap(session.messages)
-    repl.run()
+    if not repl.run():
+        raise typer.Exit(UserError.exit_code)  # scripts must not take a lost chat for a kept one
 
 
 def _saved_model(record: dict[str, Any]) -> Path | None:
     saved = record.get("model")
-    return Path(saved) if saved and Path(saved).is_dir() else None
+    if not saved:
+        return None
+    if not Path(saved).is_dir():
+        from ..errors import ModelNotFoundError
+
+        raise ModelNotFoundError(
+            f"chat {record.get('id', '')} was with the model at {saved}, which is gone;"
+            " continue it with another one: gptoss chat --resume -m MODEL"
+        )
+    return Path(saved)
 
 
 def _reapply_flags(session: Any, settings: Any) -> None:
@@ -176,12 +190,24 @@ def print_chat_list(chats: list[Any]) -> None:
         console.print(f"no saved chats yet (they are kept in {chats_dir()})", soft_wrap=True)
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("UPDATED", no_wrap=True)
-    table.add_column("TURNS", justify="right")
+    rows = [(c.id, _when(c.updated), str(c.turns), c.first_line) for c in chats]
+
+    def widest(i: int, title: str) -> int:
+        return max(len(title), *(len(r[i]) for r in rows))
+
+    # Ids, dates and counts keep their full width at any terminal width (a pipe too); only the
+    # first message is cut to fit.
+    table.add_column("ID", no_wrap=True, min_width=widest(0, "ID"))
+    table.add_column("UPDATED", no_wrap=True, min_width=widest(1, "UPDATED"))
+    table.add_column("TURNS", justify="right", no_wrap=True, min_width=widest(2, "TURNS"))
     table.add_column("FIRST MESSAGE", overflow="ellipsis", no_wrap=True)
-    for c in chats:
-        table.add_row(c.id, _when(c.updated), str(c.turns), c.first_line)
+    for row in rows:
+        table.add_row(*row)
+    # A table never squeezes a column below its content: rich would cut the id instead. Wider
+    # than the terminal, lines wrap there, whole.
+    fixed = sum(widest(i, t) for i, t in enumerate(("ID", "UPDATED", "TURNS"))) + 3 * 2 + 12
+    if console.width < fixed:
+        console = Console(width=fixed)
     console.print(table)
 
 

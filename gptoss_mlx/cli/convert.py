@@ -8,10 +8,9 @@ from typing import Annotated
 
 import typer
 
-EXIT_CODES_HELP = (
-    "Exit codes: 0 ok; 1 bad input or setting; 2 bad usage; 3 model not found; 4 bad checkpoint;"
-    " 5 context full; 6 not enough memory; 7 not enough disk; 8 download failed; 130 interrupted."
-)
+from ..errors import exit_codes_help
+
+EXIT_CODES_HELP = exit_codes_help()
 
 
 def convert_cmd(
@@ -29,7 +28,13 @@ def convert_cmd(
     rest: Annotated[
         str, typer.Option(help="Non-expert weights: bf16 or q8 (8-bit affine).")
     ] = "bf16",
-    force: Annotated[bool, typer.Option("--force", help="Replace DST if it exists.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace DST if it holds a converted model (never a folder with other files).",
+        ),
+    ] = False,
     no_verify: Annotated[
         bool, typer.Option("--no-verify", help="Skip checking the output against the source.")
     ] = False,
@@ -53,7 +58,7 @@ def convert_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("convert")(convert_cmd)
+    app.command("convert", epilog=EXIT_CODES_HELP)(convert_cmd)
     from .run import run_cmd
 
     app.command("run", epilog=EXIT_CODES_HELP)(run_cmd)

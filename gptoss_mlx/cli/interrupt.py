@@ -22,7 +22,7 @@ def _exit_interrupted(*_: object) -> None:
 
 @contextlib.contextmanager
 def exit_on_interrupt() -> Iterator[None]:
-    """Ctrl-C during a download exits at once.
+    """Ctrl-C or SIGTERM during a download exits at once (130).
 
     Download worker threads (ours and snapshot_download's) cannot be cancelled: after a
     KeyboardInterrupt the process would wait for them to finish their files. A SIGINT handler that
@@ -33,9 +33,11 @@ def exit_on_interrupt() -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGINT, _exit_interrupted)
+    previous_term = signal.signal(signal.SIGTERM, _exit_interrupted)
     try:
         yield
     except KeyboardInterrupt:
         _exit_interrupted()
     finally:
         signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGTERM, previous_term)

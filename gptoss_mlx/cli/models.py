@@ -14,6 +14,7 @@ from typing import Annotated, Any, NamedTuple
 import typer
 
 from ..errors import ModelNotFoundError, UserError
+from .partials import check_partials, print_partials
 
 
 class Check(NamedTuple):
@@ -124,15 +125,29 @@ def models_cmd(
         print(json.dumps([m.as_dict() for m in models], indent=2))
         return
     if not models:
-        print("no local models; run `gptoss download 20b`")
+        from ..paths import models_dir
+
+        print(f"no local models in {models_dir()}; run `gptoss download 20b`")
+        print_partials()
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("name", "format", "quantization", "size", "path"):
-        table.add_column(col, overflow="fold", no_wrap=col != "path")
+    rows = []
     for m in models:
         quant = m.quantization if m.complete else f"incomplete: run `gptoss download {m.name}`"
-        table.add_row(m.name, m.format, quant, human_bytes(m.size_bytes), str(m.path))
-    _out().print(table)
+        rows.append((m.name, m.format, quant, human_bytes(m.size_bytes), str(m.path)))
+    for i, col in enumerate(("name", "format", "quantization", "size", "path")):
+        # Names, formats and sizes never wrap or shrink, even at 80 columns or in a pipe.
+        keep = col in ("name", "format", "size")
+        width = max(len(col), *(len(r[i]) for r in rows)) if keep else None
+        table.add_column(col, overflow="fold", no_wrap=keep, min_width=width)
+    for row in rows:
+        table.add_row(*row)
+    out = _out()
+    fixed = sum(max(len(r[i]) for r in rows) for i in (0, 1, 3)) + 4 * 2 + 24
+    if out.width < fixed:  # rich would cut a name rather than overflow the terminal
+        out.width = fixed
+    out.print(table)
+    print_partials()
 
 
 def _managed_root(path: Path) -> Path | None:
@@ -454,6 +469,7 @@ DOCTOR_CHECKS: list[Callable[[], list[Check]]] = [
     _check_memory,
     _check_storage,
     _check_models,
+    check_partials,
 ]
 
 

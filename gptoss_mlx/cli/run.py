@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..errors import UserError
+from ..errors import INTERRUPTED, ContextFullError, UserError
 from .options import (
     ContextOpt,
     DtypeOpt,
@@ -31,11 +31,30 @@ from .options import (
 MAX_STDIN_BYTES = 64 * 2**20
 
 
+def stdin_waiting(stdin: Any) -> bool:
+    """Whether stdin (not a terminal) has data or end-of-file ready now: never blocks."""
+    import select
+
+    try:
+        ready, _, _ = select.select([stdin], [], [], 0)
+    except (OSError, ValueError, TypeError):  # closed, or no file descriptor (a test's StringIO)
+        return not hasattr(stdin, "fileno")
+    return bool(ready)
+
+
 def read_prompt(prompt: str | None, stdin: Any = None) -> str:
-    """The user message: the argument, stdin, or both (stdin is the material, the argument the instruction)."""
+    """The user message: the argument, stdin, or both (stdin is the material, the argument the instruction).
+
+    stdin is read when PROMPT is "-", when there is no PROMPT, or when data is already waiting on
+    it; a PROMPT with a pipe that stays silent (a `while read` loop, mlx.launch) never waits."""
     stdin = stdin if stdin is not None else sys.stdin
     piped = None
-    if prompt == "-" or (stdin is not None and not stdin.isatty()):
+    if stdin is None or getattr(stdin, "closed", False):
+        stdin = None
+    use_stdin = prompt in (None, "-") or (
+        stdin is not None and not stdin.isatty() and stdin_waiting(stdin)
+    )
+    if stdin is not None and use_stdin and (prompt == "-" or not stdin.isatty()):
         raw = (
             stdin.buffer.read(MAX_STDIN_BYTES + 1)
             if hasattr(stdin, "buffer")
@@ -65,17 +84,38 @@ def read_prompt(prompt: str | None, stdin: Any = None) -> str:
 def read_tools(path: Path) -> list[Any]:
     from ..harmony import ToolSpec
 
+    shape = '{"name", "description", "parameters"}'
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(data, dict):
-            data = [data]
-        specs = [ToolSpec.from_dict(t.get("function", t)) for t in data]
     except OSError as e:
-        raise UserError(f"cannot read --tools file {path}: {e.strerror}") from e
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"cannot read --tools file {path}: {e.strerror}; check the path") from e
+    except UnicodeDecodeError:
+        raise UserError(f"--tools file {path} is not UTF-8 text; save it as UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
         raise UserError(
-            f'--tools file {path} is not a JSON list of {{"name", "description", "parameters"}} objects ({e})'
-        ) from e
+            f"--tools file {path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix it"
+        ) from None
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise UserError(f"--tools file {path} must be a JSON list of {shape} objects")
+    specs = []
+    for i, t in enumerate(data, 1):
+        if not isinstance(t, dict) or not isinstance(t.get("function", t), dict):
+            raise UserError(f"--tools file {path}: tool {i} must be a {shape} object")
+        t = t.get("function", t)
+        if not isinstance(t.get("name"), str) or not t["name"].strip():
+            raise UserError(f'--tools file {path}: tool {i} has no "name" text; add one')
+        if not isinstance(t.get("parameters", {}), dict):
+            raise UserError(
+                f'--tools file {path}: tool {t["name"]!r} has "parameters" that are not a JSON schema object; make them one ({{"type": "object", ...}})'
+            )
+        try:
+            specs.append(ToolSpec.from_dict(t))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(
+                f"--tools file {path}: tool {t['name']!r} is malformed ({e}); fix it"
+            ) from None
     return specs
 
 
@@ -83,7 +123,7 @@ def run_cmd(
     prompt: Annotated[
         str | None,
         typer.Argument(
-            help='The prompt; "-" or none reads stdin. With both, stdin is the material and the argument the instruction.',
+            help='The prompt; "-" or none reads stdin. With a PROMPT, stdin is read only if data is already waiting on it (a pipe that stays silent is never waited for): it is then the material and PROMPT the instruction.',
             show_default=False,
         ),
     ] = None,
@@ -142,6 +182,7 @@ def run_cmd(
         if session.distributed_note and group is not None and group.rank() == 0:
             print(f"gptoss: {session.distributed_note}", file=sys.stderr)
         session.settings.tools = specs
+        note_slow_start()
         _run(
             session,
             text,
@@ -197,9 +238,10 @@ def _run(
         if quiet:
             sys.stderr.close()
             sys.stderr = saved
-    code = 130 if result.finish_reason == "interrupted" else 0
-    if code:
-        raise typer.Exit(code)
+    if result.finish_reason == "interrupted":
+        raise typer.Exit(INTERRUPTED)
+    if result.finish_reason == "context_full":
+        raise typer.Exit(ContextFullError.exit_code)
 
 
 def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) -> Any:
@@ -228,11 +270,9 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
             err.write(ev.text)
             err.flush()
 
-    interrupted = False
     with PrefillProgress(enabled=err.isatty() and not as_json) as progress:
         session.progress = progress.update
         result = session.turn(text, on_event=on_event)
-        interrupted = result.finish_reason == "interrupted"
     if state["reasoning_open"]:
         err.write("\x1b[0m\n" if dim else "\n")
     if as_json:
@@ -246,12 +286,29 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
                 f"gptoss: the reply was cut at --max-tokens ({result.stats.generated_tokens} tokens)\n"
             )
         elif result.finish_reason == "context_full":
-            err.write("gptoss: the reply was cut: the context is full (raise --context)\n")
+            err.write(f"gptoss: error: {context_full_advice(session)}\n")
         elif result.finish_reason == "tool_call":
             err.write("gptoss: the model asked for a tool call; see --json for its arguments\n")
-        elif interrupted:
-            err.write("gptoss: interrupted\n")
     return result
+
+
+def note_slow_start() -> None:
+    """Say (on stderr) when the C kernels had to be rebuilt because the cache dir is read-only."""
+    mod = sys.modules.get("gptoss_mlx.cpu_kernels")
+    status = mod.status() if mod is not None else None
+    if status is not None and status.available and "not writable" in status.reason:
+        print(f"gptoss: note: C kernels {status.reason}", file=sys.stderr)
+
+
+def context_full_advice(session: Any) -> str:
+    """What to do when a reply filled the context: raise --context only while it can grow."""
+    limit = session.settings.context
+    top = getattr(session, "max_context", 131072)
+    if limit < top:
+        return (
+            f"the reply was cut: the {limit}-token context is full; raise --context (up to {top})"
+        )
+    return f"the reply was cut: the {limit}-token context (the model's maximum) is full; shorten the prompt or set --max-tokens"
 
 
 def result_json(session: Any, result: Any) -> dict[str, Any]:

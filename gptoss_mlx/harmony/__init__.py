@@ -240,9 +240,18 @@ def load_encoding(encodings_dir: Path) -> oh.HarmonyEncoding:
 
 def encoding_for_model(model_dir: Path) -> oh.HarmonyEncoding:
     """The harmony encoding built from the model's own tokenizer files (no network)."""
-    from .tokenizer import harmony_encodings_dir
+    import tempfile
 
-    return load_encoding(harmony_encodings_dir(Path(model_dir)))
+    from .tokenizer import TIKTOKEN_FILE, CacheNotWritable, harmony_encodings_dir
+
+    try:
+        return load_encoding(harmony_encodings_dir(Path(model_dir)))
+    except CacheNotWritable as e:
+        # A read-only cache dir costs a re-derivation at each start, not the run: openai-harmony
+        # reads the file while loading, so a temporary folder is enough.
+        with tempfile.TemporaryDirectory(prefix="gptoss-encodings-") as tmp:
+            (Path(tmp) / TIKTOKEN_FILE).write_bytes(e.content)
+            return load_encoding(Path(tmp))
 
 
 # --------------------------------------------------------------------------- rendering

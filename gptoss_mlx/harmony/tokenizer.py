@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from .. import paths
-from ..errors import BadCheckpointError
+from ..errors import BadCheckpointError, UserError
 from ..fsutil import atomic_write_bytes
+from .. import paths
 
 O200K_PATTERN = "|".join(
     [
@@ -258,16 +258,17 @@ def write_tiktoken_base(tokenizer_json: Path, out: Path) -> None:
 def harmony_encodings_dir(model_dir: Path) -> Path:
     """A folder holding o200k_base.tiktoken for openai-harmony (TIKTOKEN_ENCODINGS_BASE).
 
-    Kept beside the model in `.gptoss/` when the model folder is writable, else in the cache.
+    Derived from the model's tokenizer.json and kept in the user cache dir, never in the model's
+    own folder (which may be read-only, or a snapshot in the hub's cache).
     """
     model_dir = Path(model_dir)
     source = model_dir / "tokenizer.json"
     if not source.is_file():
         raise BadCheckpointError(f"{model_dir} has no tokenizer.json; download the model again")
-    beside = model_dir / ".gptoss"
-    if (beside / TIKTOKEN_FILE).is_file():
-        return beside
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    try:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    except OSError as e:
+        raise BadCheckpointError(f"cannot read {source}: {e.strerror}") from e
     cached = paths.cache_dir() / "encodings" / digest
     if (cached / TIKTOKEN_FILE).is_file():
         return cached
@@ -277,11 +278,22 @@ def harmony_encodings_dir(model_dir: Path) -> Path:
             f"{source} is not the o200k_harmony tokenizer of gpt-oss; download the model again"
         )
     try:
-        atomic_write_bytes(beside / TIKTOKEN_FILE, content)
-        return beside
-    except OSError:  # read-only model folder (or a `.gptoss` that is not a folder)
         atomic_write_bytes(cached / TIKTOKEN_FILE, content)
-        return cached
+    except OSError as e:
+        raise CacheNotWritable(
+            f"cannot write to the cache dir {paths.cache_dir()} ({e.strerror or e});"
+            " make it writable or set XDG_CACHE_HOME to a folder you can write to",
+            content,
+        ) from e
+    return cached
+
+
+class CacheNotWritable(UserError):
+    """The derived vocabulary could not be kept; `content` is it, for a temporary folder."""
+
+    def __init__(self, message: str, content: bytes) -> None:
+        super().__init__(message)
+        self.content = content
 
 
 class Tokenizer:

@@ -27,17 +27,10 @@ from ..checkpoint.safetensors import (
     f32_to_bf16_bits,
 )
 from ..errors import BadCheckpointError, NotEnoughDiskError, UserError
-from ..fsutil import atomic_directory, free_disk_bytes
+from ..fsutil import atomic_directory, free_disk_bytes, remove_stale_partials
 from ..model.config import MLX, ModelConfig
+from .convert_dst import COPY_FILES, NOT_WRITABLE, check_paths, may_replace, not_writable, writable
 
-COPY_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "generation_config.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 Q8 = {"group_size": 64, "bits": 8, "mode": "affine"}
 # Non-expert matrices that `rest="q8"` quantizes (norms, sinks and biases stay bf16).
 Q8_RE = r"(self_attn\.[qkvo]_proj|mlp\.router)\.weight$|^(lm_head|model\.embed_tokens)\.weight$"
@@ -53,9 +46,16 @@ class ConvertReport:
     q4_rel_rms_error: float | None = None  # ||q4 - mxfp4|| / ||mxfp4|| over all experts
     q4_max_abs_error: float | None = None
     verify: dict[str, Any] = field(default_factory=dict)
+    removed_partials: list[Path] = field(default_factory=list)  # stale ones of killed converts
 
     def summary(self) -> str:
-        parts = [f"wrote {self.dst} ({self.bytes_written / 1e9:.2f} GB, {self.tensors} tensors)"]
+        parts = [
+            f"removed the partial output of an earlier, stopped convert: {p}"
+            for p in self.removed_partials
+        ]
+        parts.append(
+            f"wrote {self.dst} ({self.bytes_written / 1e9:.2f} GB, {self.tensors} tensors)"
+        )
         if self.q4_rel_rms_error is not None:
             parts.append(
                 f"q4 experts vs MXFP4 originals: relative RMS error {self.q4_rel_rms_error:.4f},"
@@ -252,14 +252,14 @@ def convert(
     cfg = ModelConfig.from_dir(src)
     if cfg.format == MLX:
         raise UserError(f"{src} is already in MLX format; load it directly (gptoss run -m {src})")
-    if dst.exists() and not force:
-        raise UserError(f"{dst} already exists; pass --force to replace it")
-    if dst.resolve() == src.resolve():
-        raise UserError("DST must differ from SRC")
+    check_paths(src, dst)
+    force = may_replace(dst, force)
+    report = ConvertReport(dst=dst, experts=experts, rest=rest)
+    with writable(dst):
+        report.removed_partials = remove_stale_partials(dst.parent)
     ckpt = ShardedCheckpoint(src)
     total = sum(ckpt.info(n).nbytes for n in ckpt)
     _disk_check(dst, total)
-    report = ConvertReport(dst=dst, experts=experts, rest=rest)
 
     done = 0
 
@@ -300,6 +300,8 @@ def convert(
             raise NotEnoughDiskError(
                 f"disk full while writing {dst}; nothing was left behind. Free space and retry"
             ) from e
+        if e.errno in NOT_WRITABLE:
+            raise not_writable(dst, e) from e
         raise
     finally:
         ckpt.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,59 @@ from ..errors import BadCheckpointError, ModelNotFoundError
 
 HF_MXFP4 = "hf-mxfp4"  # the Hugging Face checkpoint as published (experts MXFP4 blocks/scales)
 MLX = "mlx"  # converted: ours, mlx_lm.convert's, mlx-community's
+
+
+_FIX = "re-download or re-convert the model"
+# config.json keys and the values they must hold; the parse below relies on these checks.
+_REQUIRED_COUNTS = (
+    "num_hidden_layers",
+    "hidden_size",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "num_local_experts",
+    "vocab_size",
+)
+_OPTIONAL_COUNTS = (
+    "head_dim",
+    "num_experts_per_tok",
+    "experts_per_token",
+    "sliding_window",
+    "max_position_embeddings",
+)
+_OPTIONAL_NUMBERS = ("rms_norm_eps", "rope_theta", "swiglu_limit", "swiglu_alpha")
+_OPTIONAL_OBJECTS = ("rope_scaling", "rope_parameters", "quantization")
+
+
+def _check_keys(d: dict[str, Any]) -> None:
+    """BadCheckpointError naming the first missing key or value of the wrong type."""
+
+    def bad(key: str, what: str) -> BadCheckpointError:
+        return BadCheckpointError(f"config.json: {key!r} must be {what}, not {d[key]!r}; {_FIX}")
+
+    for key in _REQUIRED_COUNTS:
+        if key not in d:
+            raise BadCheckpointError(f"config.json has no {key!r} key; {_FIX}")
+    for key in _REQUIRED_COUNTS + _OPTIONAL_COUNTS:
+        v = d.get(key)
+        if (key in _REQUIRED_COUNTS or v is not None) and not (
+            isinstance(v, int) and not isinstance(v, bool) and v > 0
+        ):
+            raise bad(key, "a positive whole number")
+    for key in _OPTIONAL_NUMBERS:
+        v = d.get(key)
+        if v is not None and not (
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ):
+            raise bad(key, "a number")
+    for key in _OPTIONAL_OBJECTS:
+        if d.get(key) is not None and not isinstance(d[key], dict):
+            raise bad(key, "a JSON object")
+    types = d.get("layer_types")
+    if types is not None and not (
+        isinstance(types, list) and all(isinstance(t, str) for t in types)
+    ):
+        raise bad("layer_types", "a list of layer type names")
 
 
 @dataclass
@@ -39,10 +93,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise BadCheckpointError(
+                f"config.json holds a JSON {type(d).__name__}, not an object; {_FIX}"
+            )
         if d.get("model_type") != "gpt_oss":
             raise BadCheckpointError(
                 f"not a gpt-oss checkpoint (model_type is {d.get('model_type')!r}, expected 'gpt_oss')"
             )
+        _check_keys(d)
         n_layers = int(d["num_hidden_layers"])
         layer_types = d.get("layer_types") or [
             "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)
@@ -88,11 +147,14 @@ class ModelConfig:
             raise BadCheckpointError(f"{path} has no config.json: not a model directory")
         try:
             d = json.loads(cfg_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadCheckpointError(
                 f"{cfg_file} is not valid JSON ({e}); re-download or re-convert the model"
             ) from e
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except BadCheckpointError as e:
+            raise BadCheckpointError(f"{path}: {e}") from None
 
     @property
     def n_sliding_layers(self) -> int:

@@ -82,6 +82,7 @@ class ChatSession:
         self.last_stats: GenerationStats | None = None
         self.turns = 0
         self.model_path: Path | None = None  # where the model was loaded from (set by open)
+        self.max_context = 131072  # the model's largest context (the engine sets it)
 
     # ---- conversation editing -------------------------------------------------------------
     def reset(self) -> None:
@@ -139,9 +140,13 @@ class ChatSession:
             what = f"{len(prompt)} prompt tokens" + (
                 f" + {need} --max-tokens" if self.settings.max_tokens else ""
             )
+            grow = (
+                f", or raise --context (up to {self.max_context})"
+                if limit < self.max_context
+                else ""
+            )
             raise ContextFullError(
-                f"context full: {what} exceed the {limit}-token context; "
-                "/undo or /reset to make room, or use a larger --context"
+                f"context full: {what} exceed the {limit}-token context; shorten the input{grow}"
             )
         # Without --max-tokens the reply may fill the context; generate() stops it there.
         return self.settings.max_tokens or limit

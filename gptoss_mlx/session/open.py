@@ -87,6 +87,7 @@ def open_session(
     tokenizer = Tokenizer.from_dir(path)
     session = ChatSession(model, tokenizer, encoding, session_settings(settings, context))
     session.model_path = path
+    session.max_context = max_ctx
     session.distributed_note = note
     return session
 

@@ -8,8 +8,12 @@ Autosaves live in state_dir()/chats/<id>.json; /save and /load use the same form
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import fcntl
 import json
+import math
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -26,7 +30,7 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class ChatFileError(UserError):
-    pass
+    advice = "`gptoss chat --list` shows the saved chats"
 
 
 def chats_dir() -> Path:
@@ -136,7 +140,7 @@ def validate(data: Any, path: Path | str = "chat") -> dict[str, Any]:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _int_or_none(v: Any) -> bool:
@@ -152,7 +156,7 @@ _SETTING_CHECKS = {
     "top_p": lambda v: _number(v) and 0 < v <= 1,
     "top_k": lambda v: _int_or_none(v) and v is not None and v >= 0,
     "min_p": lambda v: _number(v) and 0 <= v < 1,
-    "seed": _int_or_none,
+    "seed": lambda v: v is None or (_int_or_none(v) and 0 <= v < 2**64),
 }
 
 
@@ -204,10 +208,30 @@ def _sort_time(stamp: str) -> float:
         return 0.0
 
 
+def _check_newest_readable(directory: Path) -> None:
+    """The latest chat is the newest file: if that one is damaged, say so rather than quietly
+    resuming an older chat (or claiming there is none)."""
+    try:
+        files = [(p.stat().st_mtime, p) for p in directory.glob("*.json")]
+    except OSError:
+        return
+    if not files:
+        return
+    newest = max(files)[1]
+    try:
+        read(newest)
+    except ChatFileError as e:
+        raise ChatFileError(
+            f"the latest saved chat is damaged ({e}); move {newest} away, or resume another by id"
+            " (gptoss chat --list)"
+        ) from None
+
+
 def find(ref: str | None, directory: Path | None = None) -> Path:
     """The chat file for `--resume [ref]`: the latest chat, a file path, an id or an id prefix."""
     directory = directory or chats_dir()
     if not ref:
+        _check_newest_readable(directory)
         chats = list_chats(directory)
         if not chats:
             raise ChatFileError(f"no saved chats in {directory} yet")
@@ -231,7 +255,11 @@ def find(ref: str | None, directory: Path | None = None) -> Path:
 
 
 class Autosaver:
-    """Keeps one conversation's file in chats_dir() up to date."""
+    """Keeps one conversation's file in chats_dir() up to date.
+
+    While a process writes a chat it holds a lock on `.<id>.lock` beside it: the same chat
+    resumed in a second terminal continues under a new id (`forked_from` names the original)
+    instead of the two overwriting each other's turns."""
 
     def __init__(
         self, directory: Path | None = None, chat_id: str | None = None, created: str | None = None
@@ -239,6 +267,8 @@ class Autosaver:
         self.directory = directory or chats_dir()
         self.id = chat_id or new_id()
         self.created = created or now()
+        self.forked_from: str | None = None
+        self._lock: tuple[str, Any] | None = None
 
     @property
     def path(self) -> Path:
@@ -247,15 +277,54 @@ class Autosaver:
     def save(self, session: Any) -> Path | None:
         if not session.messages:
             return None
+        if not self._acquire():
+            self.forked_from, self.id, self.created = self.id, new_id(), now()
+            self._acquire()
         return write(self.path, to_record(session, chat_id=self.id, created=self.created))
 
     def adopt(self, record: dict[str, Any]) -> None:
-        """Continue a loaded chat under its own id (a foreign id that is no safe file name gets a new one)."""
+        """Continue a loaded chat under its own id (a foreign id that is no safe file name gets a
+        new one, and so does a chat another process is writing: see forked_from)."""
         chat_id = str(record.get("id") or "")
         self.id = chat_id if _SAFE_ID.fullmatch(chat_id) else new_id()
         self.created = str(record.get("created") or now())
+        self.forked_from = None
+        if not self._acquire():
+            self.forked_from, self.id = self.id, new_id()
+            self._acquire()
 
     def restart(self) -> None:
         """A new conversation gets a new file; the old one stays saved."""
+        self.release()
         self.id = new_id()
         self.created = now()
+        self.forked_from = None
+
+    def _acquire(self) -> bool:
+        """Lock this chat id for this process; False if another process holds it."""
+        if self._lock is not None and self._lock[0] == self.id:
+            return True
+        self.release()
+        lock = self.directory / f".{self.id}.lock"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fh = open(lock, "a")  # noqa: SIM115 (held open: the lock lives with it)
+        except OSError:
+            return True  # no lock without a writable folder; the save itself will say why
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        self._lock = (self.id, fh)
+        return True
+
+    def release(self) -> None:
+        """Give up the chat's lock (and its lock file): at exit, or when the chat changes."""
+        if self._lock is None:
+            return
+        chat_id, fh = self._lock
+        self._lock = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.directory / f".{chat_id}.lock")
+        fh.close()

@@ -22,7 +22,7 @@ from prompt_toolkit.key_binding import KeyBindings
 from rich.console import Console
 
 from .. import harmony
-from ..errors import UserError
+from ..errors import ContextFullError, Terminated, UserError
 from ..session import store as chatstore
 from ..units import human_bytes
 from .render import REASONING_MODES, Renderer
@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/reset": ("", "start a new conversation (the old one stays saved)"),
     "/undo": ("", "drop the last exchange"),
     "/retry": ("", "write the last answer again"),
-    "/save": ("PATH", "save the conversation to a file"),
+    "/save": ("PATH [--force]", "save the conversation to a file (--force replaces another file)"),
     "/load": ("PATH", "load a conversation from a file"),
     "/stats": ("", "timings and token counts of the last reply"),
     "/context": ("", "context used, its limit and memory"),
@@ -203,26 +203,46 @@ class Repl:
         return self._prompt
 
     # ---- the loop -----------------------------------------------------------------------
-    def run(self) -> None:
+    def run(self) -> bool:
+        """The chat loop; False when the chat could not be kept (its autosave failed)."""
         self.banner()
-        while True:
+        while not Terminated.requested:  # SIGTERM: save and leave
             try:
                 line = self.read()
             except KeyboardInterrupt:
-                self.renderer.info("(Ctrl-D or /exit to leave)")
+                if not Terminated.requested:
+                    self.renderer.info("(Ctrl-D or /exit to leave)")
                 continue
             except EOFError:
                 break
             try:
                 if not self.handle(line):
                     break
+            except ContextFullError as e:
+                self.renderer.error(f"{e}; /undo or /reset make room")
             except UserError as e:
                 self.renderer.error(str(e))
             except KeyboardInterrupt:
                 self.renderer.warn("interrupted")
-        self.save()
+        try:
+            return self._leave()
+        finally:
+            if Terminated.requested:
+                raise Terminated
+
+    def _leave(self) -> bool:
+        saved = self.save()
+        self.saver.release()
         if self.session.messages and self.autosave:
-            self.renderer.info(f"chat saved: resume with gptoss chat --resume {self.saver.id}")
+            if saved:
+                self.renderer.info(f"chat saved: resume with gptoss chat --resume {self.saver.id}")
+            else:
+                self.renderer.error(
+                    f"chat not saved: autosave to {self.saver.path} failed (see above);"
+                    " before leaving a chat, keep it with /save PATH"
+                )
+                return False
+        return True
 
     def read(self) -> str:
         if self.lines is None:
@@ -263,10 +283,14 @@ class Repl:
 
     def banner(self) -> None:
         s = self.session.settings
-        self.renderer.info(
-            f"gptoss chat · {self.model_name} · effort {s.effort} · context {s.context:,} tokens · "
-            "/help for commands, Ctrl-D to exit"
-        )
+        head = f"gptoss chat · {self.model_name} · effort {s.effort} · context {s.context:,} tokens"
+        tail = "/help for commands, Ctrl-D to exit"
+        # Two lines rather than one the terminal would break mid-word.
+        if len(head) + 3 + len(tail) <= self.console.width:
+            self.renderer.info(f"{head} · {tail}")
+        else:
+            self.renderer.info(head)
+            self.renderer.info(tail)
 
     # ---- replies ------------------------------------------------------------------------
     def send(self, text: str) -> bool:
@@ -297,13 +321,17 @@ class Repl:
     def _real_terminal(self) -> bool:
         return self._io[0] is None and self.lines is None and sys.stdin.isatty()
 
-    def save(self) -> None:
+    def save(self) -> bool:
+        """Autosave; False (and the reason shown) when it failed."""
         if not self.autosave:
-            return
+            return False
         try:
             self.saver.save(self.session)
+            self.note_fork()
         except UserError as e:
-            self.renderer.error(f"autosave failed: {e}")
+            self.renderer.error(f"autosave failed: {e}; keep this chat with /save PATH")
+            return False
+        return True
 
     # ---- commands -----------------------------------------------------------------------
     def cmd_help(self, arg: str) -> None:
@@ -383,11 +411,37 @@ class Repl:
     def cmd_save(self, arg: str) -> None:
         if not arg:
             raise UserError("/save needs a file name, e.g. /save chat.json")
+        words = arg.split()
+        force = "--force" in words
+        target = " ".join(w for w in words if w != "--force") if force else arg
+        if not target:
+            raise UserError("/save needs a file name, e.g. /save chat.json")
+        existing = Path(target).expanduser()
+        if existing.is_file() and not force and not self._same_chat(existing):
+            raise UserError(
+                f"{existing} already exists; /save {target} --force replaces it, or pick another name"
+            )
         record = chatstore.to_record(
             self.session, chat_id=self.saver.id, created=self.saver.created
         )
-        path = chatstore.write(arg, record)
+        path = chatstore.write(target, record)
         self.renderer.info(f"saved {len(self.session.messages)} messages to {path}")
+
+    def note_fork(self) -> None:
+        """Say when this chat continues under a new id (its file is open in another gptoss)."""
+        if self.saver.forked_from:
+            self.renderer.warn(
+                f"chat {self.saver.forked_from} is open in another gptoss; this one continues as"
+                f" {self.saver.id} so that neither loses turns"
+            )
+            self.saver.forked_from = None
+
+    def _same_chat(self, path: Path) -> bool:
+        """A file that holds this very chat (an earlier /save of it) is updated without asking."""
+        try:
+            return chatstore.read(path).get("id") == self.saver.id
+        except UserError:
+            return False
 
     def cmd_load(self, arg: str) -> None:
         if not arg:
