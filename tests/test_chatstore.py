@@ -12,7 +12,7 @@ import pytest
 
 from gptoss_mlx import harmony
 from gptoss_mlx.errors import UserError
-from gptoss_mlx.session.chat import store as chatstore
+from gptoss_mlx.session import store as chatstore
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gptoss_mlx.hub.download import PARTIAL_SUFFIX
+from gptoss_mlx.hub.cache import PARTIAL_SUFFIX
 
 from .hub_server import (
     FakeHub,

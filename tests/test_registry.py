@@ -15,7 +15,7 @@ import pytest
 
 from gptoss_mlx.checkpoint.contents import tensors
 from gptoss_mlx.errors import BadCheckpointError, ModelNotFoundError, UserError
-from gptoss_mlx.hub import download as hub
+from gptoss_mlx.hub import cache as hub
 from gptoss_mlx.hub import local as registry
 from gptoss_mlx.hub.local import resolve_model
 
@@ -47,7 +47,9 @@ def env(tmp_path, monkeypatch, fake_hub):
 
 @pytest.fixture
 def downloaded(env) -> Path:
-    return hub.download("openai/gpt-oss-20b", progress=False)
+    from gptoss_mlx.hub.download import download
+
+    return download("openai/gpt-oss-20b")
 
 
 def fake_converted(tiny_checkpoint: Path, name: str = "gpt-oss-20b-mlx") -> Path:

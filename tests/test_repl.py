@@ -18,7 +18,7 @@ from prompt_toolkit.output import DummyOutput
 from rich.console import Console
 
 from gptoss_mlx import harmony
-from gptoss_mlx.session.chat import store as chatstore
+from gptoss_mlx.session import store as chatstore
 from gptoss_mlx.ui.render import MarkdownTail, Renderer, footer_text
 from gptoss_mlx.ui.repl import (
     COMMANDS,

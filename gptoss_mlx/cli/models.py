@@ -58,23 +58,24 @@ def download_cmd(
     from ..fsutil import check_disk
     from ..hub import download as hub
     from ..hub import local as registry
+    from ..hub.cache import hf_cache_dir, is_offline, repo_id_for
     from ..paths import models_dir
     from ..ui.progress import DownloadBars
     from .interrupt import exit_on_interrupt
 
-    repo = hub.repo_id_for(model)
+    repo = repo_id_for(model)
     if repo is None:
         raise UserError(
             f"{model!r} is not a model on the hub; use 20b, 120b or a repo id (owner/name)"
         )
     dst = registry.converted_dir(repo)
     with exit_on_interrupt():
-        if hub.is_offline():
+        if is_offline():
             path = hub.download(repo, revision=revision, progress=DownloadBars())
             print(f"{repo} is already downloaded: {path} (HF_HUB_OFFLINE is set)")
         else:
             plan = hub.plan_download(repo, revision)
-            needs = [(hub.hf_cache_dir(), plan.missing_bytes, f"download of {repo}")]
+            needs = [(hf_cache_dir(), plan.missing_bytes, f"download of {repo}")]
             if convert and not dst.exists():
                 needs.append((models_dir(), plan.weights_bytes, f"conversion of {repo}"))
             check_disk(needs)
@@ -152,7 +153,7 @@ def models_cmd(
 
 def _managed_root(path: Path) -> Path | None:
     """The directory `gptoss rm` deletes for a model at `path`, if gptoss manages it."""
-    from ..hub.download import hf_cache_dir
+    from ..hub.cache import hf_cache_dir
     from ..paths import models_dir
 
     path = path.resolve()
@@ -173,7 +174,7 @@ def rm_cmd(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask first.")] = False,
 ) -> None:
     """Delete a local model (a converted directory or a Hugging Face download) to free disk space."""
-    from ..hub.download import repo_id_for
+    from ..hub.cache import repo_id_for
     from ..hub.local import dir_size, find_local
     from ..ui.ask import stdin_is_interactive
     from ..units import human_bytes
@@ -406,7 +407,7 @@ def _check_memory() -> list[Check]:
 
 def _check_storage() -> list[Check]:
     from ..fsutil import free_disk_bytes
-    from ..hub.download import hf_cache_dir, is_offline
+    from ..hub.cache import hf_cache_dir, is_offline
     from ..paths import models_dir
     from ..units import human_bytes
 

@@ -28,7 +28,7 @@ def leftover_partials() -> list[tuple[Path, int]]:
 
 
 def _advice(path: Path, size: int) -> str:
-    from ..hub.download import human_bytes
+    from ..units import human_bytes
 
     return (
         f"{path} ({human_bytes(size)}): left by a stopped convert; the next convert removes it,"

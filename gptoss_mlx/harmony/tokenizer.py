@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
+from .. import paths
 from ..errors import BadCheckpointError, UserError
 from ..fsutil import atomic_write_bytes
-from .. import paths
 
 O200K_PATTERN = "|".join(
     [

@@ -21,7 +21,14 @@ from ..errors import BadCheckpointError, ModelNotFoundError, UserError
 from ..paths import models_dir
 from ..units import human_bytes
 from . import download as hub
-from .download import _incomplete_snapshot, cached_snapshot
+from .cache import (
+    _incomplete_snapshot,
+    blobs_dir,
+    cached_snapshot,
+    hf_cache_dir,
+    is_offline,
+    repo_id_for,
+)
 
 # Download sizes of the aliased repos (root files only, as `gptoss download` fetches them).
 APPROX_DOWNLOAD_BYTES = {
@@ -135,7 +142,7 @@ def list_local_models() -> list[LocalModel]:
         for d in sorted(mdir.iterdir()):
             if d.is_dir() and not d.name.startswith(".") and (d / "config.json").exists():
                 out.append(_describe(d.name, "converted", d))
-    cache = hub.hf_cache_dir()
+    cache = hf_cache_dir()
     if cache.is_dir():
         for repo_dir in sorted(cache.glob("models--*--*")):
             repo_id = repo_dir.name[len("models--") :].replace("--", "/", 1)
@@ -148,7 +155,7 @@ def list_local_models() -> list[LocalModel]:
                 if partial is not None and (
                     repo_id in hub.ALIASES.values() or _is_gpt_oss(partial)
                 ):
-                    out.append(_describe(repo_id, "hf-cache", partial, hub.blobs_dir(repo_id)))
+                    out.append(_describe(repo_id, "hf-cache", partial, blobs_dir(repo_id)))
     return out
 
 
@@ -158,7 +165,7 @@ def list_local_models() -> list[LocalModel]:
 def _looks_like_path(spec: str) -> bool:
     if spec.startswith(("/", "./", "../", "~")) or spec in (".", "..") or spec.endswith(os.sep):
         return True
-    return os.sep in spec and hub.repo_id_for(spec) is None
+    return os.sep in spec and repo_id_for(spec) is None
 
 
 def _model_dir_or_error(path: Path) -> Path:
@@ -174,7 +181,7 @@ def _model_dir_or_error(path: Path) -> Path:
 def find_local(spec: str) -> Path | None:
     """The local model directory `spec` names, without downloading; None if it is not here."""
     p = Path(spec).expanduser()
-    repo = hub.repo_id_for(spec)
+    repo = repo_id_for(spec)
     if _looks_like_path(spec) or (p.is_dir() and (repo is None or (p / "config.json").is_file())):
         return _model_dir_or_error(p)
     named = models_dir() / spec
@@ -211,14 +218,14 @@ def resolve_model(
     found = find_local(spec)
     if found is not None:
         return found
-    repo = hub.repo_id_for(spec)
+    repo = repo_id_for(spec)
     if repo is None:
         raise ModelNotFoundError(
             f"unknown model {spec!r}; use 20b, 120b, a hub repo id (owner/name) or a path to a model "
             "directory (`gptoss models` lists local ones)"
         )
     how = f"gptoss download {spec}"
-    if hub.is_offline():
+    if is_offline():
         raise ModelNotFoundError(
             f"model {spec} is not downloaded and HF_HUB_OFFLINE is set; unset it and run `{how}`"
         )
