@@ -22,15 +22,12 @@ LAUNCH_ONLY = ("hostfile", "backend", "api_key")  # options that go to mlx.launc
 
 def rank_options(ctx: Any) -> list[str]:
     """The options given to this `gptoss serve` on its command line, minus the launcher's."""
-    import click
-    from click.core import ParameterSource
-
     out: list[str] = []
-    for param in ctx.command.params:
+    for param in ctx.command.params:  # by name: typer may bring its own copy of click
         name = param.name
-        if not isinstance(param, click.Option) or name in LAUNCH_ONLY:
+        if param.param_type_name != "option" or name in LAUNCH_ONLY:
             continue
-        if ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+        if getattr(ctx.get_parameter_source(name), "name", "") != "COMMANDLINE":
             continue
         value = ctx.params[name]
         if param.is_flag:
@@ -72,15 +69,24 @@ def launch_serve(ctx: Any, hostfile: Path, backend: str | None, api_key: str | N
 
     def forward(signum: int, frame: Any) -> None:
         signals[0] += 1
-        # SIGINT: rank 0 stops serving and tells the other ranks to stop.
-        with_ = signal.SIGINT if signals[0] == 1 else signal.SIGKILL
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, with_)
+        if signals[0] == 1:  # the ranks (and ssh clients) only: mlx.launch ends when they do
+            for pid in _group_members(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)  # rank 0 stops serving and stops the others
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     code = proc.wait()
     return 128 - code if code < 0 else code
+
+
+def _group_members(pgid: int) -> list[int]:
+    """The processes of process group `pgid` except its leader (pgrep -g: Linux and macOS)."""
+    found = subprocess.run(["pgrep", "-g", str(pgid)], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split() if int(p) != pgid]
 
 
 def serve_group(
@@ -105,7 +111,10 @@ def serve_group(
     path = model_path(settings.model, yes=settings.yes, interactive=False)
     lockstep = Lockstep(lambda o: dist.share_object(o, group), lambda f: dist.any_rank(group, f))
     if group.rank() != 0:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches every rank; rank 0 decides
+        # Ctrl-C reaches every rank and a closed ssh session hangs up on every rank: rank 0
+        # decides, and a follower ends when rank 0 says so or goes away (its collectives fail).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         session = open_session(settings, path, strategy=strategy)
         lockstep.follow(serve.make_engine(session, cache_bytes=1 << 62))  # rank 0 evicts
         return
@@ -119,19 +128,23 @@ def serve_group(
 
     app = create_app(engine, api_key=api_key, queue=queue)
     try:
-        serve._run(app, bound["sock"], engine.model_id, api_key, on_server=_stop_with_launcher)
+        serve._run(app, bound["sock"], engine.model_id, api_key, on_server=_rank0_signals)
     finally:
         queue.close(timeout=None)  # the followers are told to stop once the last request ends
 
 
-def _stop_with_launcher(server: Any) -> None:
-    """Rank 0 stops serving when the launcher goes away (our stdin pipe from mlx.launch closes,
-    as when it is killed) or its ssh session hangs up."""
+def _rank0_signals(server: Any) -> None:
+    """Rank 0 stops serving on Ctrl-C and SIGTERM (uvicorn's handlers), when its ssh session
+    hangs up, or when the launcher goes away (its stdin pipe from mlx.launch closes). After
+    uvicorn's graceful shutdown it re-raises the signal to the handler it found: make that a
+    no-op, so the followers are told to stop and every rank exits 0."""
 
     def stop(*_: Any) -> None:
         server.should_exit = True
 
     signal.signal(signal.SIGHUP, stop)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: None)
     if not stat.S_ISFIFO(os.fstat(0).st_mode):
         return
 
