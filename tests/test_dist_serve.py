@@ -217,6 +217,22 @@ def test_a_client_gone_mid_stream_leaves_the_ranks_serving(ranks, reference):
 
 
 @needs_launch
+def test_function_tools_and_the_responses_api_across_ranks(ranks, tiny_checkpoint):
+    client = _client(ranks["url"])
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Weather.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+    r = client.chat.completions.create(
+        model=tiny_checkpoint.name, messages=[{"role": "user", "content": "Weather in Paris?"}],
+        tools=[tool], max_tokens=8, seed=7,
+    )  # fmt: skip
+    assert r.usage.completion_tokens <= 8 and r.usage.prompt_tokens > 69  # the tool is in it
+    resp = client.responses.create(
+        model=tiny_checkpoint.name, input=PROMPT, max_output_tokens=8, temperature=0
+    )
+    assert resp.status in ("completed", "incomplete") and resp.usage.output_tokens <= 8
+
+
+@needs_launch
 def test_sigterm_to_the_launcher_ends_every_rank(ranks):
     assert len(_ranks_alive(ranks["marker"])) >= 2
     ranks["proc"].send_signal(signal.SIGTERM)
