@@ -49,13 +49,14 @@ class LaunchedChatError(UserError):
 
 
 def refuse_under_launch() -> None:
-    """Rank 0 says why in one line; the other ranks exit with the same code, silently."""
+    """Rank 0 says why in one line and exits 2; the other ranks leave quietly with 0 (a non-zero
+    exit would make mlx.launch kill rank 0, maybe before it has said why)."""
     from ..backend.distributed import launched
 
     if not launched():
         return
     if os.environ.get("MLX_RANK") != "0":
-        raise typer.Exit(LaunchedChatError.exit_code)
+        raise typer.Exit(0)
     raise LaunchedChatError(
         "gptoss chat does not run under mlx.launch; start the ranks with "
         "`gptoss serve --hostfile hosts.json`, then `gptoss chat --server http://HOST:8000/v1`"
