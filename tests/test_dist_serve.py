@@ -284,7 +284,7 @@ def test_chat_under_mlx_launch_is_refused_in_one_line(tiny_checkpoint):
     assert len(errors) == 1, r.stderr
     assert "gptoss serve --hostfile hosts.json" in errors[0]
     assert "gptoss chat --server http://HOST:8000/v1" in errors[0]
-    assert "rank 0 exited with code 2" in r.stderr and "rank 1 exited" not in r.stderr
+    assert "rank 0 exited with code 2" in r.stderr  # rank 1 may be stopped by mlx.launch first
     assert r.stdout == ""
 
 

@@ -86,7 +86,6 @@ class ServerEngine:
         self.prompt_cache = PromptCache(cache_bytes)
         self.lockstep: Any = None  # a server.lockstep.Lockstep when ranks serve together
 
-
     def check_model(self, name: str | None) -> None:
         """A 404 naming what is served unless `name` is the served model (or one of its aliases)."""
         if not name or name == self.model_id or name in self.aliases:
