@@ -117,6 +117,30 @@ def sync_seed(group: Any, seed: int | None) -> int:
     return chosen
 
 
+def any_rank(group: Any, flag: bool) -> bool:
+    """True on every rank if `flag` is true on any rank (one all_sum of one integer)."""
+    import mlx.core as mx
+
+    if group is None or group.size() == 1:
+        return flag
+    with peer_errors():
+        total = mx.distributed.all_sum(
+            mx.array([1 if flag else 0], dtype=mx.int32), group=group, stream=mx.cpu
+        )
+        return int(total.item()) > 0
+
+
+def launcher() -> str | None:
+    """The `mlx.launch` beside this Python, else the one on PATH."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    return shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which(
+        "mlx.launch"
+    )
+
+
 def barrier(group: Any) -> None:
     import mlx.core as mx
 

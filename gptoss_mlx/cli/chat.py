@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +40,27 @@ _CHAT_SETTINGS = (
     "max_tokens",
 )
 _SAMPLER = ("temperature", "top_p", "top_k", "min_p", "seed")
+
+
+class LaunchedChatError(UserError):
+    """`gptoss chat` started by mlx.launch: no terminal, stdin broadcast to every rank."""
+
+    exit_code = 2
+
+
+def refuse_under_launch() -> None:
+    """Rank 0 says why in one line and exits 2; the other ranks leave quietly with 0 (a non-zero
+    exit would make mlx.launch kill rank 0, maybe before it has said why)."""
+    from ..backend.distributed import launched
+
+    if not launched():
+        return
+    if os.environ.get("MLX_RANK") != "0":
+        raise typer.Exit(0)
+    raise LaunchedChatError(
+        "gptoss chat does not run under mlx.launch; start the ranks with "
+        "`gptoss serve --hostfile hosts.json`, then `gptoss chat --server http://HOST:8000/v1`"
+    )
 
 
 def chat_cmd(
@@ -92,6 +114,7 @@ def chat_cmd(
     from ..session import store as chatstore
     from ..ui.render import REASONING_MODES
 
+    refuse_under_launch()
     if list_chats:
         print_chat_list(chatstore.list_chats())
         return

@@ -32,6 +32,7 @@ SIZES = {24: "20b", 36: "120b"}  # layers -> the size clients name
 
 
 def serve_cmd(
+    ctx: typer.Context,
     model: ModelOpt = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", help="Port (0 picks a free one).")] = 8000,
@@ -63,6 +64,27 @@ def serve_cmd(
     dtype: DtypeOpt = None,
     yes: YesOpt = False,
     force: ForceOpt = False,
+    hostfile: Annotated[
+        Path | None,
+        typer.Option(
+            "--hostfile",
+            help="mlx.launch hostfile: start one rank per host through mlx.launch; rank 0 serves.",
+            show_default=False,
+        ),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            "--backend", help="With --hostfile: ring or jaccl (default: the hostfile's, else ring)."
+        ),
+    ] = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy",
+            help="Across ranks: split the model by tensor, pipeline or auto (tensor on jaccl, pipeline on ring).",
+        ),
+    ] = "auto",
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/responses)."""
     if not _loopback(host) and not api_key and not insecure_no_auth:
@@ -72,11 +94,24 @@ def serve_cmd(
         )
     if max_queue < 0:
         raise UserError("--max-queue must be 0 or more")
-    sock = _bind(host, port)
+    from ..backend import distributed as dist
+
+    if hostfile is not None:
+        from .serve_ranks import launch_serve
+
+        raise typer.Exit(launch_serve(ctx, hostfile, backend, api_key))
+    if backend is not None:
+        raise UserError("--backend goes with --hostfile (mlx.launch chooses it otherwise)")
     settings = settings_from(locals())
-    from ..model.config import ModelConfig
-    from ..server import ServerEngine, create_app
-    from ..server.engine import ALIASES
+    group = dist.current_group() if dist.launched() else None
+    if group is not None:
+        from .serve_ranks import serve_group
+
+        with dist.peer_errors():
+            serve_group(group, settings, (host, port), api_key, max_queue, strategy)
+        return
+    sock = _bind(host, port)
+    from ..server import create_app
     from ..server.worker import GenerationQueue
     from ..session.open import open_session
     from .resolve import model_path
@@ -84,17 +119,25 @@ def serve_cmd(
     queue = GenerationQueue(max_queue)  # the model lives on the generation thread
     path = model_path(settings.model, yes=settings.yes, interactive=sys.stdin.isatty())
     session = queue.call(lambda: open_session(settings, path))
+    engine = make_engine(session)
+    app = create_app(engine, api_key=api_key, queue=queue)
+    _run(app, sock, engine.model_id, api_key)
+
+
+def make_engine(session: Any, **kw: Any) -> Any:
+    """The ServerEngine over an opened session, named as clients call that model size."""
+    from ..model.config import ModelConfig
+    from ..server import ServerEngine
+    from ..server.engine import ALIASES
 
     path = Path(session.model_path)
     size = SIZES.get(ModelConfig.from_dir(path).num_hidden_layers)
     aliases = ALIASES.get(size or "", ())
     model_id = aliases[0] if aliases else path.name
-    engine = ServerEngine(
+    return ServerEngine(
         session.model, session.encoding, model_id=model_id, aliases=aliases,
-        defaults=session.settings,
+        defaults=session.settings, **kw,
     )  # fmt: skip
-    app = create_app(engine, api_key=api_key, queue=queue)
-    _run(app, sock, model_id, api_key)
 
 
 def _loopback(host: str) -> bool:
@@ -134,7 +177,9 @@ def _banner(url: str, model_id: str, api_key: str | None) -> str:
     )
 
 
-def _run(app: Any, sock: socket.socket, model_id: str, api_key: str | None) -> None:
+def _run(
+    app: Any, sock: socket.socket, model_id: str, api_key: str | None, on_server: Any = None
+) -> None:
     import uvicorn
 
     host, port = sock.getsockname()[:2]
@@ -143,6 +188,8 @@ def _run(app: Any, sock: socket.socket, model_id: str, api_key: str | None) -> N
         app, log_level="info", access_log=True, timeout_graceful_shutdown=5, lifespan="on"
     )
     server = uvicorn.Server(config)
+    if on_server is not None:
+        on_server(server)
     print(_banner(f"http://{shown}:{port}", model_id, api_key), file=sys.stderr, flush=True)
     # uvicorn handles Ctrl-C and SIGTERM: it stops accepting, lets requests finish for up to 5 s,
     # then cancels them (which cancels their generations) and runs the app's shutdown.

@@ -16,7 +16,7 @@ from typing import Any
 from .. import harmony
 from ..errors import ContextFullError
 from ..session.chat import GenerationStats, SessionSettings
-from ..session.prompt_cache import PromptCache, RequestSession
+from ..session.prompt_cache import CacheEntry, PromptCache, RequestSession
 from . import builtin
 from .errors import ApiError
 
@@ -84,6 +84,7 @@ class ServerEngine:
         self.aliases = [a for a in aliases if a != model_id]
         self.defaults = defaults or SessionSettings()
         self.prompt_cache = PromptCache(cache_bytes)
+        self.lockstep: Any = None  # a server.lockstep.Lockstep when ranks serve together
 
     def check_model(self, name: str | None) -> None:
         """A 404 naming what is served unless `name` is the served model (or one of its aliases)."""
@@ -141,12 +142,21 @@ class ServerEngine:
         self, gen: Generation, cancelled: Callable[[], bool] = lambda: False
     ) -> Iterator[harmony.Event | Finished]:
         """Generate the reply to `gen`; on the worker thread. Closing the iterator stops it, and
-        so does `cancelled()` turning true during the prefill (checked after each chunk)."""
+        so does `cancelled()` turning true during the prefill (checked after each chunk). With
+        several ranks the lockstep shares the request and the stop decisions with the others."""
+        if self.lockstep is not None:
+            return self.lockstep.lead(self, gen, cancelled)
+        return self.generate(gen, cancelled, self.prompt_cache.take(gen.prompt))
+
+    def generate(
+        self, gen: Generation, cancelled: Callable[[], bool], entry: CacheEntry | None
+    ) -> Iterator[harmony.Event | Finished]:
+        """`run` continuing from the prompt-cache `entry` (taken out of the cache by the caller)."""
         session = RequestSession(self.model, None, self.encoding, copy.copy(gen.settings))
         session.builtin = frozenset(gen.builtin)
         session.progress = lambda done, total: _check(cancelled)
         session.messages = list(gen.messages)
-        session.adopt(self.prompt_cache.take(gen.prompt))
+        session.adopt(entry)
         if gen.settings.sampler.seed is not None:
             import mlx.core as mx
 

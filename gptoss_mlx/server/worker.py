@@ -73,8 +73,10 @@ class _Call:
 
 
 class GenerationQueue:
-    def __init__(self, max_queue: int = 16) -> None:
+    def __init__(self, max_queue: int = 16, on_exit: Callable[[], None] | None = None) -> None:
+        """`on_exit` runs on the worker thread after the last job (after `close`)."""
         self.max_queue = max_queue
+        self.on_exit = on_exit
         self._waiting: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -115,8 +117,9 @@ class GenerationQueue:
             self._cond.notify()
         return future.result()
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Cancel everything queued and running; wait for the running generation to stop."""
+    def close(self, timeout: float | None = 5.0) -> None:
+        """Cancel everything queued and running; wait for the running generation to stop (and
+        `on_exit` to run) for up to `timeout` seconds (None: as long as it takes)."""
         with self._cond:
             self._closed = True
             for job in self._waiting:
@@ -132,7 +135,7 @@ class GenerationQueue:
                 while not self._waiting and not self._closed:
                     self._cond.wait()
                 if not self._waiting:
-                    return
+                    break
                 job = self._waiting.popleft()
                 if isinstance(job, _Call):
                     job.run()
@@ -145,6 +148,8 @@ class GenerationQueue:
                 job._send(_DONE)
                 with self._cond:
                     self.running = None
+        if self.on_exit is not None:
+            self.on_exit()
 
     @staticmethod
     def _run(job: Job) -> None:

@@ -57,9 +57,9 @@ class PromptCache:
     def nbytes(self) -> int:
         return sum(e.nbytes for e in self._entries.values())
 
-    def take(self, prompt: list[int]) -> CacheEntry | None:
-        """Remove and return the entry whose conversation `prompt` continues (the longest one):
-        the prompt starts with the entry's last prompt, up to its closing `<|start|>assistant`."""
+    def find(self, prompt: list[int]) -> int | None:
+        """The key of the entry whose conversation `prompt` continues (the longest one): the
+        prompt starts with the entry's last prompt, up to its closing `<|start|>assistant`."""
         with self._lock:
             best_key, best_len = None, -1
             for key, entry in self._entries.items():
@@ -69,16 +69,37 @@ class PromptCache:
                 # that drops an empty or cut-off reply); the history before it still continues.
                 if harmony.common_prefix_len(entry.tokens, prompt) >= entry.prompt_len - 2:
                     best_key, best_len = key, entry.prompt_len
-            return None if best_key is None else self._entries.pop(best_key)
+            return best_key
+
+    def take(self, prompt: list[int]) -> CacheEntry | None:
+        """Remove and return the entry whose conversation `prompt` continues (see `find`)."""
+        return self.take_key(self.find(prompt))
+
+    def take_key(self, key: int | None) -> CacheEntry | None:
+        with self._lock:
+            return None if key is None else self._entries.pop(key, None)
+
+    def keys(self) -> list[int]:
+        with self._lock:
+            return list(self._entries)
+
+    def keep_only(self, keys: list[int]) -> None:
+        """Drop the entries not in `keys`: a follower rank mirrors rank 0's evictions, since
+        its own byte counts may differ (another share of the layers)."""
+        wanted = set(keys)
+        with self._lock:
+            for key in [k for k in self._entries if k not in wanted]:
+                del self._entries[key]
 
     def put(self, entry: CacheEntry) -> None:
         """Keep `entry` as the most recent; evict the least recent beyond the byte budget."""
         entry.nbytes = entry_bytes(entry.cache, entry.snapshots)
         with self._lock:
+            key = self._next  # every put takes a key, kept or not: ranks number entries alike
+            self._next += 1
             if entry.nbytes > self.max_bytes:
                 return
-            self._entries[self._next] = entry
-            self._next += 1
+            self._entries[key] = entry
             total = sum(e.nbytes for e in self._entries.values())
             while total > self.max_bytes:
                 _, old = self._entries.popitem(last=False)
