@@ -42,9 +42,9 @@ def _root(
 
 
 def _register() -> None:
-    from . import cli_chat, cli_engine, cli_models
+    from . import cli_chat, cli_engine, cli_models, cli_tools
 
-    for module in (cli_engine, cli_chat, cli_models):
+    for module in (cli_engine, cli_chat, cli_models, cli_tools):
         module.register(app)
 
 

@@ -16,10 +16,17 @@ from .cli_options import (
     ForceOpt,
     InstructionsOpt,
     MaxTokensOpt,
+    MaxToolCallsOpt,
+    McpOpt,
     MinPOpt,
     ModelOpt,
+    PythonNetworkOpt,
+    PythonOpt,
+    PythonTimeoutOpt,
+    PythonUnsafeOpt,
     SeedOpt,
     TemperatureOpt,
+    ToolsFileOpt,
     TopKOpt,
     TopPOpt,
     YesOpt,
@@ -79,6 +86,13 @@ def chat_cmd(
             show_default=False,
         ),
     ] = None,
+    tools: ToolsFileOpt = None,
+    python: PythonOpt = False,
+    python_timeout: PythonTimeoutOpt = None,
+    python_network: PythonNetworkOpt = False,
+    python_unsafe: PythonUnsafeOpt = False,
+    max_tool_calls: MaxToolCallsOpt = None,
+    mcp: McpOpt = None,
 ) -> None:
     """Chat with a model. Type /help inside for commands; Ctrl-C stops a reply, Ctrl-D exits."""
     from . import chatstore
@@ -108,9 +122,11 @@ def chat_cmd(
         _reapply_flags(session, settings)
         saver.adopt(record)
 
+    from .cli_tools import chat_loop, run_chat
     from .paths import state_dir
     from .repl import Repl
 
+    loop = chat_loop(session, settings, saver.id, lambda line: repl.renderer.warn(line))
     repl = Repl(
         session,
         history=state_dir() / "history",
@@ -118,12 +134,13 @@ def chat_cmd(
         reasoning=reasoning or "collapse",
         model_name=_model_name(session, settings.model),
         lines=None if sys.stdin.isatty() else sys.stdin,
+        loop=loop,
     )
     if record is not None:
         turns = sum(1 for m in session.messages if m.role == "user")
         repl.renderer.info(f"resumed chat {saver.id} ({turns} turn{'s' if turns != 1 else ''})")
         repl.renderer.recap(session.messages)
-    repl.run()
+    run_chat(repl, settings, saver.id)
 
 
 def _saved_model(record: dict[str, Any]) -> Path | None:

@@ -17,15 +17,23 @@ from .cli_options import (
     ForceOpt,
     InstructionsOpt,
     MaxTokensOpt,
+    MaxToolCallsOpt,
+    McpOpt,
     MinPOpt,
     ModelOpt,
+    PythonNetworkOpt,
+    PythonOpt,
+    PythonTimeoutOpt,
+    PythonUnsafeOpt,
     SeedOpt,
     TemperatureOpt,
+    ToolsFileOpt,
     TopKOpt,
     TopPOpt,
     YesOpt,
     settings_from,
 )
+from .cli_tools import tool_note, with_tool_records
 from .errors import UserError
 
 MAX_STDIN_BYTES = 64 * 2**20
@@ -112,40 +120,57 @@ def run_cmd(
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", help="Print the rendered harmony prompt and exit.")
     ] = False,
-    tools: Annotated[
-        Path | None,
-        typer.Option(
-            "--tools",
-            help='JSON file of function tools the model may call: [{"name", "description", "parameters": JSON schema}]. Calls are reported in --json.',
-            show_default=False,
-        ),
-    ] = None,
+    tools: ToolsFileOpt = None,
+    python: PythonOpt = False,
+    python_timeout: PythonTimeoutOpt = None,
+    python_network: PythonNetworkOpt = False,
+    python_unsafe: PythonUnsafeOpt = False,
+    max_tool_calls: MaxToolCallsOpt = None,
+    mcp: McpOpt = None,
 ) -> None:
     """Answer one prompt and exit. Only the final answer goes to stdout."""
     settings = settings_from(locals())
     text = read_prompt(prompt)
-    specs = read_tools(tools) if tools else []
+    specs = read_tools(Path(settings.tools)) if settings.tools else []
     from .engine import open_session
+    from .tool_setup import close_tools, open_loop
 
     session = open_session(
         settings,
         interactive=sys.stdin.isatty() and sys.stderr.isatty(),
         for_prompt_only=show_prompt,
     )
-    session.settings.tools = specs
+    from .chatstore import new_id
+
+    loop = open_loop(session, settings, specs, chat_id=new_id(), on_status=_status)
+    try:
+        _run(session, loop, text, show_prompt, show_reasoning, as_json)
+    finally:
+        close_tools(loop.table)
+
+
+def _status(line: str) -> None:
+    sys.stderr.write(f"gptoss: {line}\n")
+
+
+def _run(
+    session: Any, loop: Any, text: str, show_prompt: bool, show_reasoning: bool, as_json: bool
+) -> None:
     if show_prompt:
         from . import harmony
 
         session.messages.append(harmony.Message(role="user", content=text))
         sys.stdout.write(session.tokenizer.decode(session.prompt_tokens()) + "\n")
         return
-    result = run_turn(session, text, show_reasoning=show_reasoning, as_json=as_json)
+    result = run_turn(session, text, show_reasoning=show_reasoning, as_json=as_json, loop=loop)
     code = 130 if result.finish_reason == "interrupted" else 0
     if code:
         raise typer.Exit(code)
 
 
-def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) -> Any:
+def run_turn(
+    session: Any, text: str, *, show_reasoning: bool, as_json: bool, loop: Any = None
+) -> Any:
     from . import harmony
     from .progress import PrefillProgress
 
@@ -170,16 +195,27 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
                 state["reasoning_open"] = True
             err.write(ev.text)
             err.flush()
+        elif show_reasoning:
+            note = tool_note(ev)
+            if note:
+                if state["reasoning_open"]:
+                    err.write("\x1b[0m\n" if dim else "\n")
+                    state["reasoning_open"] = False
+                err.write(note + "\n")
+                err.flush()
 
     interrupted = False
     with PrefillProgress(enabled=err.isatty() and not as_json) as progress:
         session.progress = progress.update
-        result = session.turn(text, on_event=on_event)
+        result = (loop or session).turn(text, on_event=on_event)
         interrupted = result.finish_reason == "interrupted"
     if state["reasoning_open"]:
         err.write("\x1b[0m\n" if dim else "\n")
     if as_json:
-        out.write(json.dumps(result_json(session, result), ensure_ascii=False) + "\n")
+        data = result_json(session, result)
+        if loop is not None:
+            with_tool_records(data, loop)
+        out.write(json.dumps(data, ensure_ascii=False) + "\n")
     else:
         if state["final_started"]:
             out.write("\n")
@@ -192,6 +228,8 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
             err.write("gptoss: the reply was cut: the context is full (raise --context)\n")
         elif result.finish_reason == "tool_call":
             err.write("gptoss: the model asked for a tool call; see --json for its arguments\n")
+        elif result.finish_reason == "tool_limit":
+            err.write("gptoss: stopped: the model kept calling tools (raise --max-tool-calls)\n")
         elif interrupted:
             err.write("gptoss: interrupted\n")
     return result

@@ -8,8 +8,10 @@ NO_COLOR) writes the text as it streams, without colour or cursor movement.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -46,7 +48,9 @@ def footer_text(stats: Any, used: int, limit: int) -> tuple[str, str | None]:
     elif reason == "context_full":
         parts.append("cut: context full")
     elif reason == "tool_call":
-        parts.append("stopped at a tool call (chat runs no tools)")
+        parts.append("stopped at a tool call")
+    elif reason == "tool_limit":
+        parts.append("stopped: too many tool calls (--max-tool-calls)")
     if stats.time_to_first_token > 0:
         parts.append(f"{stats.time_to_first_token:.2f} s to first token")
     if stats.decode_tps > 0:
@@ -206,6 +210,8 @@ class TurnView:
         self.last_refresh = 0.0
         self.plain_answer_open = False
         self.closed = False
+        self.pending_call: Any = None  # a ToolCall not yet known to run (printed if it does not)
+        self.running: str | None = None  # the tool running now, for the live region
 
     def _tail_limits(self) -> tuple[int, int]:
         height = max(self.console.height, 10)
@@ -237,11 +243,27 @@ class TurnView:
     ) -> None:
         try:
             self._end_segment()
+            self._flush_call()
             self.closed = True
         finally:
             if self.live is not None:
                 self.live.stop()
                 self.live = None
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the live region while the user is asked something (approval, a tool result)."""
+        self._end_segment()
+        self._flush_call()
+        live, self.live = self.live, None
+        if live is not None:
+            live.stop()
+        try:
+            yield
+        finally:
+            if live is not None:
+                live.start()
+                self.live = live
 
     # ---- events -------------------------------------------------------------------------
     def progress(self, done: int, total: int) -> None:
@@ -249,6 +271,11 @@ class TurnView:
         self._refresh(force=True)
 
     def on_event(self, ev: harmony.Event) -> None:
+        if self.pending_call is not None and type(ev).__name__ not in (
+            "ToolStarted",
+            "ToolFinished",
+        ):
+            self._flush_call()
         if isinstance(ev, harmony.ReasoningDelta):
             self._reasoning(ev.text)
         elif isinstance(ev, harmony.FinalDelta | harmony.CommentaryDelta):
@@ -256,11 +283,11 @@ class TurnView:
         elif isinstance(ev, harmony.ToolCall):
             self._end_segment()
             self.phase = None
-            label = Text("tool call ", style="bold magenta") + Text(ev.recipient, style="magenta")
-            self._print(
-                label + Text(" " + ev.arguments.strip()),
-                plain=f"[tool call] {ev.recipient} {ev.arguments.strip()}",
-            )
+            self.pending_call = ev
+            self._refresh()
+            return
+        elif self._tool_event(ev):
+            pass
         elif (
             isinstance(ev, harmony.MessageEnd)
             and ev.channel == "analysis"
@@ -268,6 +295,34 @@ class TurnView:
         ):
             self.reasoning_end = time.perf_counter()
         self._refresh()
+
+    def _flush_call(self) -> None:
+        from .render_tools import pending_call
+
+        call, self.pending_call = self.pending_call, None
+        if call is not None:
+            rich_line, plain = pending_call(call)
+            self._print(rich_line, plain=plain)
+
+    def _tool_event(self, ev: Any) -> bool:
+        """ToolStarted / ToolFinished (tool_loop events): a spinner, then the call's line."""
+        from . import render_tools
+
+        name = type(ev).__name__
+        if name == "ToolStarted":
+            self.pending_call = None
+            self.running = ev.author
+            self._refresh(force=True)
+            return True
+        if name != "ToolFinished":
+            return False
+        self.pending_call, self.running = None, None
+        if self.mode == "show":
+            renderable, plain = render_tools.expanded(ev)
+        else:
+            renderable, plain = render_tools.collapsed(ev)
+        self._print(renderable, plain=plain)
+        return True
 
     def _reasoning(self, text: str) -> None:
         if self.phase != "reasoning":
@@ -361,6 +416,8 @@ class TurnView:
         parts: list[Any] = []
         if self.closed:
             pass
+        elif self.phase is None and self.running:
+            parts.append(Spinner("dots", Text(f"running {self.running}", style="dim")))
         elif self.phase is None:
             label = "thinking"
             if self.prefill and self.prefill[1] > 0 and self.prefill[0] < self.prefill[1]:

@@ -24,6 +24,8 @@ from rich.console import Console
 from . import chatstore, harmony
 from .errors import UserError
 from .render import REASONING_MODES, Renderer
+from .repl_tools import ToolCommands
+from .tool_loop import ToolLoop
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -43,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/stats": ("", "timings and token counts of the last reply"),
     "/context": ("", "context used, its limit and memory"),
     "/model": ("", "the model and its settings"),
+    "/tools": ("[NAME on|off]", "the tools the model may call; turn one on or off"),
     "/exit": ("", "leave (also /quit, /bye, Ctrl-D)"),
 }
 ALIASES = {"/quit": "/exit", "/bye": "/exit", "/?": "/help"}
@@ -147,8 +150,12 @@ class Repl:
         model_name: str | None = None,
         on_event: Callable[[harmony.Event], None] | None = None,
         lines: TextIO | None = None,
+        loop: Any = None,
     ) -> None:
         self.session = session
+        self.loop = loop if loop is not None else ToolLoop(session)
+        self.tools = ToolCommands(self)
+        self._view: Any = None
         self.console = console or Console()
         self.renderer = Renderer(self.console, reasoning=reasoning, plain=plain)
         self.saver = saver or chatstore.Autosaver()
@@ -172,6 +179,7 @@ class Repl:
             "/stats": self.cmd_stats,
             "/context": self.cmd_context,
             "/model": self.cmd_model,
+            "/tools": self.tools.command,
             "/exit": self.cmd_exit,
         }
 
@@ -268,7 +276,7 @@ class Repl:
 
     # ---- replies ------------------------------------------------------------------------
     def send(self, text: str) -> bool:
-        self.stream(self.session.send(text))
+        self.stream(self.loop.send(text))
         return True
 
     def stream(self, events: Iterator[harmony.Event]) -> Any:
@@ -281,11 +289,13 @@ class Repl:
                 hook(ev)
 
         self.session.progress = view.progress
+        self._view = view
         try:
             with quiet_keyboard(self._real_terminal()), view:
                 result = self.session.collect(events, on_event)
         finally:
             self.session.progress = None
+            self._view = None
             self.save()
         self.renderer.footer(
             result.stats, self.session.context_used(), self.session.settings.context
@@ -372,7 +382,7 @@ class Repl:
     def cmd_retry(self, arg: str) -> None:
         kept = list(self.session.messages)
         try:
-            events = self.session.retry()
+            events = self.loop.retry()
         except BaseException:
             self.session.messages = kept  # retry() drops the reply before checking the context
             raise

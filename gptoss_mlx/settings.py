@@ -37,6 +37,13 @@ class Settings:
     dtype: str | None = None
     yes: bool = False
     force: bool = False
+    python: bool = False
+    python_timeout: float = 120.0
+    python_network: bool = False
+    python_unsafe: bool = False
+    max_tool_calls: int = 20
+    mcp: str | None = None
+    tools: str | None = None
     sources: dict[str, str] = field(default_factory=dict, repr=False)
 
 
@@ -54,6 +61,13 @@ _CASTS: dict[str, Any] = {
     "dtype": str,
     "yes": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes"),
     "force": lambda v: v if isinstance(v, bool) else str(v).lower() in ("1", "true", "yes"),
+    "python": lambda v: _CASTS["yes"](v),
+    "python_timeout": float,
+    "python_network": lambda v: _CASTS["yes"](v),
+    "python_unsafe": lambda v: _CASTS["yes"](v),
+    "max_tool_calls": int,
+    "mcp": lambda v: str(Path(str(v)).expanduser()),
+    "tools": lambda v: str(Path(str(v)).expanduser()),
 }
 
 
@@ -102,6 +116,10 @@ def validate(s: Settings) -> Settings:
         raise UserError("context must be between 16 and 131072 tokens")
     if s.dtype not in (None, "float32", "bfloat16", "float16"):
         raise UserError("dtype must be float32, bfloat16 or float16")
+    if not 0 < s.python_timeout <= 86400:
+        raise UserError("python-timeout must be more than 0 and at most 86400 seconds")
+    if not 1 <= s.max_tool_calls <= 1000:
+        raise UserError("max-tool-calls must be between 1 and 1000")
     return s
 
 
