@@ -191,6 +191,9 @@ class Renderer:
                         self.warn("(interrupted)")
 
 
+_WRITTEN = (harmony.ReasoningDelta, harmony.FinalDelta, harmony.CommentaryDelta, harmony.ToolCall)
+
+
 class TurnView:
     """Renders one reply's events as they arrive. Use as a context manager around the stream."""
 
@@ -271,10 +274,9 @@ class TurnView:
         self._refresh(force=True)
 
     def on_event(self, ev: harmony.Event) -> None:
-        if self.pending_call is not None and type(ev).__name__ not in (
-            "ToolStarted",
-            "ToolFinished",
-        ):
+        # A call is shown by its ToolFinished line; one that nothing runs (the turn stops at
+        # it, or the model writes on) is printed as soon as something else is written.
+        if self.pending_call is not None and isinstance(ev, _WRITTEN):
             self._flush_call()
         if isinstance(ev, harmony.ReasoningDelta):
             self._reasoning(ev.text)

@@ -245,14 +245,15 @@ class ToolLoop:
             if problem is not None:
                 text = error_text(f"Invalid arguments for {route.author}: {problem}")
                 return route.author, ToolResult(text, error=True, summary="bad arguments"), 0.0
-        yield ToolStarted(call, route.author)
-        t0 = time.perf_counter()
         if route.tool is None:
             answer = self.ask_result(call) if self.ask_result is not None else None
             if answer is None:
                 self.records.append(CallRecord(call, route.author))
                 return None
+            yield ToolStarted(call, route.author)
             return route.author, ToolResult(answer, summary="answered by the user"), 0.0
+        yield ToolStarted(call, route.author)
+        t0 = time.perf_counter()
         refusal = self._refusal(route, call.arguments)
         if refusal is not None:
             return route.author, ToolResult(error_text(refusal), error=True, summary=refusal), 0.0
