@@ -194,10 +194,13 @@ class ToolLoop:
         calls = 0
         while True:
             call = None
-            for ev in events:
-                if isinstance(ev, harmony.ToolCall):
-                    call = ev
-                yield ev
+            try:
+                for ev in events:
+                    if isinstance(ev, harmony.ToolCall):
+                        call = ev
+                    yield ev
+            finally:
+                events.close()  # stopped by the consumer (Ctrl-C): the session keeps what was said
             self.stats.append(self.session.last_stats)
             if call is None or self.session.last_stats.finish_reason != "tool_call":
                 return

@@ -206,6 +206,11 @@ EXAMPLES: list[Example] = [
         ],
         [_analysis("Spell out the earlier result."), _final("Two plus two is four.")],
     ),
+    Example(  # a turn cut by Ctrl-C (what the model writes for this prompt), then a new question
+        "after_interrupt",
+        [_user("Tell me a story."), _final("1, 2,"), _user("What is 2+2?")],
+        [_analysis(_SUM_THOUGHT), _final("2 + 2 = 4.")],
+    ),
     Example(
         "python_call",
         [_user(_PY_QUESTION)],

@@ -50,9 +50,7 @@ def chat(enc, replies, typed: str, tools=(), functions=(), reasoning="collapse",
     table = ToolTable(tools, user_functions=functions)
     declare(session, table)
     out = io.StringIO()
-    console = Console(
-        file=out, width=100, height=30, force_terminal=terminal, color_system=None
-    )
+    console = Console(file=out, width=100, height=30, force_terminal=terminal, color_system=None)
     repl = Repl(
         session,
         console=console,

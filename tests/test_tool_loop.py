@@ -321,3 +321,22 @@ def test_python_description_replaces_harmonys_text(enc):
     assert "## python\n\nRuns python for 5.0 seconds." in text and "/mnt/data" not in text
     again = harmony.PromptOptions.from_dict(json.loads(json.dumps(own.to_dict())))
     assert again.python_description == own.python_description
+
+
+def test_ctrl_c_while_the_answer_streams_after_a_call_keeps_it(enc):
+    reply = "<|channel|>analysis to=python code<|message|>print(6*7)<|call|>"
+    _, session, loop = make(enc, [reply, FINAL], [Recorder("python")])
+    seen = []
+
+    def on_event(ev):
+        if isinstance(ev, harmony.FinalDelta):
+            seen.append(ev.text)
+            if len(seen) == 2:
+                raise KeyboardInterrupt
+
+    result = session.collect(loop.send("6*7?"), on_event)
+    assert result.finish_reason == "interrupted"
+    last = session.messages[-1]
+    assert (last.role, last.channel, last.interrupted) == ("assistant", "final", True)
+    assert last.content.startswith("".join(seen))
+    assert [m.role for m in session.messages] == ["user", "assistant", "tool", "assistant"]
