@@ -8,10 +8,8 @@ NO_COLOR) writes the text as it streams, without colour or cursor movement.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -22,6 +20,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from . import harmony
+from .render_tools import ToolLines
 
 REASONING_MODES = ("collapse", "show", "hide")
 CODE_THEME = "monokai"
@@ -194,7 +193,7 @@ class Renderer:
 _WRITTEN = (harmony.ReasoningDelta, harmony.FinalDelta, harmony.CommentaryDelta, harmony.ToolCall)
 
 
-class TurnView:
+class TurnView(ToolLines):
     """Renders one reply's events as they arrive. Use as a context manager around the stream."""
 
     def __init__(self, renderer: Renderer) -> None:
@@ -253,21 +252,6 @@ class TurnView:
                 self.live.stop()
                 self.live = None
 
-    @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Stop the live region while the user is asked something (approval, a tool result)."""
-        self._end_segment()
-        self._flush_call()
-        live, self.live = self.live, None
-        if live is not None:
-            live.stop()
-        try:
-            yield
-        finally:
-            if live is not None:
-                live.start()
-                self.live = live
-
     # ---- events -------------------------------------------------------------------------
     def progress(self, done: int, total: int) -> None:
         self.prefill = (done, total)
@@ -297,34 +281,6 @@ class TurnView:
         ):
             self.reasoning_end = time.perf_counter()
         self._refresh()
-
-    def _flush_call(self) -> None:
-        from .render_tools import pending_call
-
-        call, self.pending_call = self.pending_call, None
-        if call is not None:
-            rich_line, plain = pending_call(call)
-            self._print(rich_line, plain=plain)
-
-    def _tool_event(self, ev: Any) -> bool:
-        """ToolStarted / ToolFinished (tool_loop events): a spinner, then the call's line."""
-        from . import render_tools
-
-        name = type(ev).__name__
-        if name == "ToolStarted":
-            self.pending_call = None
-            self.running = ev.author
-            self._refresh(force=True)
-            return True
-        if name != "ToolFinished":
-            return False
-        self.pending_call, self.running = None, None
-        if self.mode == "show":
-            renderable, plain = render_tools.expanded(ev)
-        else:
-            renderable, plain = render_tools.collapsed(ev)
-        self._print(renderable, plain=plain)
-        return True
 
     def _reasoning(self, text: str) -> None:
         if self.phase != "reasoning":

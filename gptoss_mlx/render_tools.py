@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Group
@@ -70,7 +72,55 @@ def _indent(text: str) -> str:
 
 def pending_call(ev: Any) -> tuple[Text, str]:
     """A call nothing ran (the turn stopped at it, e.g. a --tools function)."""
+    arguments = ev.arguments.strip()
     label = Text("tool call ", style="bold magenta") + Text(ev.recipient, style="magenta")
-    return label + Text(
-        " " + ev.arguments.strip()
-    ), f"[tool call] {ev.recipient} {ev.arguments.strip()}"
+    return label + Text(" " + arguments), f"[tool call] {ev.recipient} {arguments}"
+
+
+class ToolLines:
+    """TurnView's part for tool calls: a call is shown by its result's line; a call nothing ran
+    is printed as soon as something else is written; the live region pauses for questions."""
+
+    pending_call: Any
+    running: str | None
+    live: Any
+    mode: str
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop the live region while the user is asked something (approval, a tool result)."""
+        self._end_segment()
+        self._flush_call()
+        live, self.live = self.live, None
+        if live is not None:
+            live.stop()
+        try:
+            yield
+        finally:
+            if live is not None:
+                live.start()
+                self.live = live
+
+    def _flush_call(self) -> None:
+        call, self.pending_call = self.pending_call, None
+        if call is not None:
+            rich_line, plain = pending_call(call)
+            self._print(rich_line, plain=plain)
+
+    def _tool_event(self, ev: Any) -> bool:
+        """ToolStarted / ToolFinished (tool_loop events): a spinner, then the call's line."""
+        name = type(ev).__name__
+        if name == "ToolStarted":
+            self.pending_call = None
+            self.running = ev.author
+            self._refresh(force=True)
+            return True
+        if name != "ToolFinished":
+            return False
+        self.pending_call, self.running = None, None
+        if self.mode == "show":
+            renderable, plain = expanded(ev)
+        else:
+            renderable, plain = collapsed(ev)
+        self._print(renderable, plain=plain)
+        return True
