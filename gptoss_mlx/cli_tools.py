@@ -125,25 +125,19 @@ def list_cmd(
         close_tools(table)
 
 
-def _python_line() -> str:
+def _sandbox() -> tuple[str, str]:
+    """(mode, one line): "bubblewrap", "sandbox-exec" or "none" with the reason and the fix."""
     try:
         from .tools.sandbox import sandbox_status
     except ImportError:
-        return "runs Python (no sandbox support in this build)"
-    return (
-        f"runs Python in a stateful sandbox (gptoss chat --python): {_describe(sandbox_status())}"
-    )
+        return "none", "no python sandbox support in this build; reinstall gptoss-mlx"
+    return sandbox_status()
 
 
-def _describe(status: Any) -> str:
-    if isinstance(status, str):
-        return status
-    if isinstance(status, tuple | list):
-        return " ".join(str(s) for s in status if s)
-    for attr in ("detail", "description", "name"):
-        if getattr(status, attr, None):
-            return str(getattr(status, attr))
-    return str(status)
+def _python_line() -> str:
+    mode, line = _sandbox()
+    where = "in a sandbox" if mode != "none" else "only with --python-unsafe"
+    return f"runs Python statefully {where} (--python): {line}"
 
 
 @tools_app.command("python")
@@ -215,13 +209,8 @@ def check_sandbox() -> list[Any]:
     """The `gptoss doctor` row: which python sandbox `--python` would use."""
     from .cli_models import Check
 
-    try:
-        from .tools.sandbox import sandbox_status
-    except ImportError:
-        return [Check("python sandbox", "warn", "no sandbox support in this build")]
-    status = sandbox_status()
-    ok = bool(getattr(status, "available", getattr(status, "ok", True)))
-    return [Check("python sandbox", "ok" if ok else "warn", _describe(status))]
+    mode, line = _sandbox()
+    return [Check("python sandbox", "warn" if mode == "none" else "ok", line)]
 
 
 def register(app: typer.Typer) -> None:

@@ -144,11 +144,19 @@ def python_description(directory: str, timeout: float = 120.0, network: bool = F
 
 
 def _sample_python(rng: random.Random) -> str:
-    root = rng.choice(("/Users/me", "/home/user", "/tmp/x", "/root", "/private/var/folders/q"))
+    root = rng.choice(
+        (
+            "/Users/me/Library/Application Support",
+            "/home/user/.local/share",
+            "/root/.local/share",
+            f"/tmp/pytest-of-root/pytest-{rng.randrange(100)}/test_{rng.randrange(100)}/data",
+            "/private/var/folders/q/data",
+        )
+    )
     stamp = f"{rng.randrange(2024, 2036)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}"
     clock = f"{rng.randrange(24):02d}{rng.randrange(60):02d}{rng.randrange(60):02d}"
     chat = f"{stamp}-{clock}-{rng.randrange(16**4):04x}"
-    directory = f"{root}/.local/share/gptoss/scratch/{chat}"
+    directory = f"{root}/gptoss/python/{chat}"  # gptoss_mlx.tools.python.scratch_dir
     timeout = rng.choice((120.0, 30.0, 60.0, 300.0, 10.0))
     return python_description(directory, timeout, rng.random() < 0.2)
 
@@ -239,7 +247,7 @@ EXAMPLES: list[Example] = [
 ]
 
 # What varies at run time, and what the reply must not depend on.
-CANONICAL_PYTHON = python_description("/home/user/.local/share/gptoss/scratch/20250628-120000-0a1b")
+CANONICAL_PYTHON = python_description("/home/user/.local/share/gptoss/python/20250628-120000-0a1b")
 CANONICAL = {
     "date": "2025-06-28", "effort": "medium", "instructions": None, "python": CANONICAL_PYTHON,
 }  # fmt: skip
@@ -254,7 +262,7 @@ TRAIN_INSTRUCTIONS = (
 )
 # Checked after bf16 rounding, hardest first: dates outside the training range or none at all,
 # instructions never seen in training, then every effort with and without instructions.
-_UNSEEN_DIRS = ("/Volumes/work/chats/scratch/a", "/var/tmp/gptoss-e2e/scratch/20261202-101500-beef")
+_UNSEEN_DIRS = ("/Volumes/work/chats/a", "/var/tmp/e2e/data/gptoss/python/20261202-101500-beef")
 CHECKED = [
     {
         "date": "2041-03-14",
