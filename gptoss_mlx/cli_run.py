@@ -143,6 +143,8 @@ def run_cmd(
     from .chatstore import new_id
 
     loop = open_loop(session, settings, specs, chat_id=new_id(), on_status=_status)
+    if settings.python_unsafe:  # nobody to ask in a one-shot run: the flag is the consent
+        loop.always.add(("python", ""))
     try:
         _run(session, loop, text, show_prompt, show_reasoning, as_json)
     finally:
