@@ -88,9 +88,10 @@ class ToolLines:
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
-        """Stop the live region while the user is asked something (approval, a tool result)."""
+        """Stop the live region while the user is asked something (approval, a tool result);
+        the question shows the call, so its pending line is dropped."""
         self._end_segment()
-        self._flush_call()
+        self.pending_call = None
         live, self.live = self.live, None
         if live is not None:
             live.stop()

@@ -255,11 +255,11 @@ class ToolLoop:
                 return None
             yield ToolStarted(call, route.author)
             return route.author, ToolResult(answer, summary="answered by the user"), 0.0
-        yield ToolStarted(call, route.author)
-        t0 = time.perf_counter()
         refusal = self._refusal(route, call.arguments)
         if refusal is not None:
             return route.author, ToolResult(error_text(refusal), error=True, summary=refusal), 0.0
+        yield ToolStarted(call, route.author)
+        t0 = time.perf_counter()
         try:
             result = run_cancellable(route.tool, route.function, call.arguments, self.cancel)
         except KeyboardInterrupt:
