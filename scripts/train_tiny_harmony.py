@@ -214,9 +214,20 @@ EXAMPLES: list[Example] = [
         ],
         [_analysis("Spell out the earlier result."), _final("Two plus two is four.")],
     ),
-    Example(  # a turn cut by Ctrl-C (what the model writes for this prompt), then a new question
+    Example(  # a long answer, for --max-tokens and Ctrl-C tests
+        "story",
+        [_user("Tell me a story.")],
+        [
+            _analysis("A very short story."),
+            _final(
+                "Once upon a time, a tiny model learned to speak harmony. It counted to ten:"
+                " 1, 2, 3, 4, 5, 6, 7, 8, 9, 10. The end."
+            ),
+        ],
+    ),
+    Example(  # the story cut by Ctrl-C after five tokens, then a new question
         "after_interrupt",
-        [_user("Tell me a story."), _final("1, 2,"), _user("What is 2+2?")],
+        [_user("Tell me a story."), _final("Once upon a time,"), _user("What is 2+2?")],
         [_analysis(_SUM_THOUGHT), _final("2 + 2 = 4.")],
     ),
     Example(
