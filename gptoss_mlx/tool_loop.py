@@ -11,8 +11,10 @@ user functions the program cannot run, and display go through callbacks and even
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -290,11 +292,37 @@ class ToolLoop:
         return None if answer == "yes" else "The user declined this call."
 
 
+class _ToolThread:
+    """One long-lived daemon thread per tool that runs its calls in turn. Long-lived because a
+    tool's processes may be tied to the thread that started them (bubblewrap's
+    --die-with-parent is PR_SET_PDEATHSIG, which fires when that *thread* exits)."""
+
+    def __init__(self, name: str) -> None:
+        self.jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            self.jobs.get()()
+
+
+_threads: weakref.WeakKeyDictionary[Tool, _ToolThread] = weakref.WeakKeyDictionary()
+_threads_lock = threading.Lock()
+
+
+def _thread_for(tool: Tool) -> _ToolThread:
+    with _threads_lock:
+        thread = _threads.get(tool)
+        if thread is None:
+            thread = _threads[tool] = _ToolThread(f"tool-{tool.name}")
+        return thread
+
+
 def run_cancellable(
     tool: Tool, function: str, arguments: str, cancel: threading.Event
 ) -> ToolResult:
-    """`tool.call` in a worker thread, so Ctrl-C (in the main thread) can set `cancel`, give the
-    tool a moment to stop, and propagate. A tool that raises gives an error text, not a crash."""
+    """`tool.call` on the tool's own thread, so Ctrl-C (in the main thread) can set `cancel`, give
+    the tool a moment to stop, and propagate. A tool that raises gives an error text, not a crash."""
     box: list[ToolResult] = []
     done = threading.Event()
 
@@ -308,7 +336,7 @@ def run_cancellable(
 
     # An Event, not Thread.join: a join interrupted by Ctrl-C may believe the thread has ended.
     try:
-        threading.Thread(target=target, name=f"tool-{tool.name}", daemon=True).start()
+        _thread_for(tool).jobs.put(target)
         while not done.wait(0.05):
             pass
     except KeyboardInterrupt:
