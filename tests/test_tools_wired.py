@@ -142,3 +142,36 @@ def test_doctor_names_the_sandbox(tmp_path: Path):
     mode, line = sandbox_status()
     assert rows["python sandbox"]["detail"] == line
     assert rows["python sandbox"]["status"] == ("warn" if mode == "none" else "ok")
+
+
+def test_ctrl_c_interrupts_real_python_and_keeps_its_state(enc, tmp_path: Path):
+    import _thread
+    import threading
+
+    if sandbox_status()[0] == "none":
+        pytest.skip("no sandbox here")
+    py = "<|channel|>analysis to=python code<|message|>{}<|call|>"
+    replies = [
+        py.format("x = 41"),
+        FINAL,
+        py.format("while True: pass"),
+        py.format("print(x + 1)"),
+        FINAL,
+    ]
+    model = ScriptedModel([toks(enc, r) for r in replies])
+    session = ChatSession(model, None, enc, SessionSettings(sampler=SamplerSettings(temperature=0)))
+    tool = PythonTool(tmp_path / "w", timeout=60.0)
+    try:
+        table = ToolTable([tool])
+        declare(session, table)
+        loop = ToolLoop(session, table)
+        assert loop.turn("set x").final == "Done."
+        timer = threading.Timer(1.5, _thread.interrupt_main)
+        timer.start()
+        result = loop.turn("spin")
+        assert result.finish_reason == "interrupted"
+        assert loop.records[0].output.startswith("[ERROR] The user interrupted")
+        assert loop.turn("x+1?").final == "Done."
+        assert loop.records[0].output == "42\n"  # interrupted, not killed: x survived
+    finally:
+        tool.close()
