@@ -83,6 +83,7 @@ def gptoss(*args: str, stdin: bytes = b"", tmp: Path) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.slow  # two runs of the CLI with the model: about 40 s
 @needs_python
 def test_run_python_answers_42_through_the_sandbox(harmony_model: Path, tmp_path: Path):
     r = gptoss(
@@ -105,6 +106,7 @@ def test_run_python_answers_42_through_the_sandbox(harmony_model: Path, tmp_path
     assert "[tool call] python: print(6*7)" in err and "[tool result] python · " in err
 
 
+@pytest.mark.slow  # about 20 s
 @needs_python
 def test_scripted_chat_with_python(harmony_model: Path, tmp_path: Path):
     r = gptoss(
