@@ -273,6 +273,7 @@ class Repl:
             f"gptoss chat · {self.model_name} · effort {s.effort} · context {s.context:,} tokens · "
             "/help for commands, Ctrl-D to exit"
         )
+        self.tools.announce()
 
     # ---- replies ------------------------------------------------------------------------
     def send(self, text: str) -> bool:

@@ -45,6 +45,13 @@ class ToolCommands:
             raise UserError("usage: /tools, or /tools NAME on|off (e.g. /tools python off)")
         self.toggle(words[0], words[1].lower() == "on")
 
+    def announce(self) -> None:
+        """One line under the banner when the model has tools."""
+        names = self.repl.loop.table.names()
+        if names:
+            shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+            self.repl.renderer.info(f"tools: {shown} (/tools)")
+
     def show(self) -> None:
         table = self.repl.loop.table
         say = self.repl.renderer.say

@@ -71,6 +71,7 @@ def test_a_python_call_is_one_line_under_the_reply(enc):
     assert re.search(r"^\[python · \d+\.\d s · 1 line of output\]$", out, re.M), out
     assert "6*7 = 42." in out and "print(6*7)" not in out
     assert "## python\n\nRuns Python for 7.0 seconds" in enc.decode(session.prompt_tokens())
+    assert "tools: python (/tools)" in out
 
 
 def test_expanded_with_reasoning_shown(enc):
@@ -105,7 +106,7 @@ def test_user_types_the_result_of_a_tools_function(enc):
     assert tool[0].content == "sunny, 21 C" and tool[0].name == "functions.get_weather"
     out, session, _ = chat(enc, [call], "w?\n\n", functions=[WEATHER])
     assert "stopped at a tool call" in out
-    assert out.count("functions.get_weather") == 1  # in the question only
+    assert out.split(">>> w?")[1].count("functions.get_weather") == 1  # in the question only
 
 
 def test_tools_command_shows_and_toggles(enc):
