@@ -114,7 +114,9 @@ def chat_cmd(
     )
 
     from .engine import open_session
+    from .tool_setup import preflight
 
+    preflight(settings)
     session = open_session(settings, interactive=sys.stdin.isatty(), path=model_dir)
     saver = chatstore.Autosaver()
     if record is not None:

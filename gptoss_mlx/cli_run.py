@@ -133,8 +133,9 @@ def run_cmd(
     text = read_prompt(prompt)
     specs = read_tools(Path(settings.tools)) if settings.tools else []
     from .engine import open_session
-    from .tool_setup import close_tools, open_loop
+    from .tool_setup import close_tools, open_loop, preflight
 
+    preflight(settings)
     session = open_session(
         settings,
         interactive=sys.stdin.isatty() and sys.stderr.isatty(),

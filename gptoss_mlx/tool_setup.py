@@ -20,6 +20,19 @@ from .tools.base import Tool
 Status = Callable[[str], None]
 
 
+def preflight(settings: Any) -> None:
+    """Refuse bad tool settings before the model loads: no sandbox for --python, an unreadable
+    --mcp or --tools file (each a one-line UserError)."""
+    if settings.python and not settings.python_unsafe:
+        from .tools.sandbox import require_sandbox
+
+        require_sandbox(unsafe=False)
+    if settings.mcp:
+        from .tools.mcp_config import load_mcp_config
+
+        load_mcp_config(Path(settings.mcp))
+
+
 def python_tool(settings: Any, chat_id: str) -> Tool:
     """The sandboxed python tool for one chat; UserError (one line, with the fix) if no sandbox
     can be set up and --python-unsafe was not given."""

@@ -107,3 +107,14 @@ def test_run_json_lists_calls_and_sums_usage_over_replies():
     done = ToolFinished(call, "python", ToolResult("42\n"), 0.4)
     assert tool_note(done) == "[tool result] python · 0.4 s: 42"
     assert tool_note(harmony.FinalDelta("x")) is None
+
+
+def test_bad_tool_setup_is_refused_before_the_model_loads(tmp_path: Path):
+    r = gptoss(
+        "run", "-m", "/nonexistent/model", "--mcp", str(tmp_path / "none.json"), "hi", tmp=tmp_path
+    )
+    assert r.returncode == 1 and "no such MCP config file" in r.stderr
+    # No bwrap on PATH: python is refused with the fix, unless --python-unsafe.
+    env = {"PATH": str(tmp_path)}
+    r = gptoss("chat", "-m", "/nonexistent/model", "--python", tmp=tmp_path, env=env)
+    assert r.returncode == 1 and "--python-unsafe" in r.stderr and r.stderr.count("\n") == 1
