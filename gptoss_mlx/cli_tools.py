@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -166,6 +167,7 @@ def python_cmd(
             failed = failed or result.error
     finally:
         tool.close()
+        shutil.rmtree(getattr(tool, "workdir", ""), ignore_errors=True)  # a throwaway session
     if failed:
         raise typer.Exit(1)
 
