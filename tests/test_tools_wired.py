@@ -126,6 +126,7 @@ def test_gptoss_tools_python_shares_one_session(tmp_path: Path):
         pytest.skip("no sandbox here")
     r = gptoss("tools", "python", "-c", "x = 6*7", "-c", "print(x)", "-c", "x", tmp=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert not list((tmp_path / "data").rglob("tools-*"))  # its scratch dir is gone
     assert r.stdout.split("\n")[:6] == [
         "--- [1]",
         "[WARN] No output available. Use print() to output anything to stdout to receive the output",
