@@ -91,7 +91,11 @@ DtypeOpt = Annotated[
 ]
 YesOpt = Annotated[
     bool,
-    typer.Option("--yes", "-y", help="Answer yes to questions (e.g. download a missing model)."),
+    typer.Option(
+        "--yes",
+        "-y",
+        help="Answer yes to questions (download a missing model, approve every tool call).",
+    ),
 ]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Load even if the memory check says the model does not fit.")
