@@ -38,6 +38,13 @@ class Settings:
     dtype: str | None = None
     yes: bool = False
     force: bool = False
+    python: bool = False
+    python_timeout: float = 120.0
+    python_network: bool = False
+    python_unsafe: bool = False
+    max_tool_calls: int = 20
+    mcp: str | None = None
+    tools: str | None = None
     sources: dict[str, str] = field(default_factory=dict, repr=False)
     config_path: str = field(default="", repr=False)  # the config file read, to name it in errors
 
@@ -56,6 +63,13 @@ _CASTS: dict[str, Any] = {
     "dtype": str,
     "yes": lambda v: _bool(v),
     "force": lambda v: _bool(v),
+    "python": lambda v: _bool(v),
+    "python_timeout": float,
+    "python_network": lambda v: _bool(v),
+    "python_unsafe": lambda v: _bool(v),
+    "max_tool_calls": int,
+    "mcp": lambda v: str(Path(str(v)).expanduser()),
+    "tools": lambda v: str(Path(str(v)).expanduser()),
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -153,6 +167,10 @@ def validate(s: Settings) -> Settings:
         _check_number(s, "max_tokens", "between 1 and 131072", 1 <= s.max_tokens <= 131072)
     if s.context is not None:
         _check_number(s, "context", "between 16 and 131072 tokens", 16 <= s.context <= 131072)
+    _check_number(
+        s, "python_timeout", "more than 0 and at most 86400 seconds", 0 < s.python_timeout <= 86400
+    )
+    _check_number(s, "max_tool_calls", "between 1 and 1000", 1 <= s.max_tool_calls <= 1000)
     if s.dtype not in (None, "float32", "bfloat16", "float16"):
         raise UserError(
             f"dtype must be float32, bfloat16 or float16, not {s.dtype!r} (from {origin(s, 'dtype')})"

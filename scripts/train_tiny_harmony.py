@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ from gptoss_mlx.harmony import (
     to_harmony,
     tool_result,
 )
+from gptoss_mlx.harmony import render_prompt as ours_render_prompt
 from gptoss_mlx.harmony.tokenizer import harmony_encodings_dir
 from gptoss_mlx.model.gpt_oss import MLP, Model, SwitchLinear
 from gptoss_mlx.model.loader import load_model
@@ -119,6 +120,47 @@ _WEATHER_CALL = Message(
 )
 
 
+_PY_QUESTION = "what is 6*7"
+_PY_THOUGHT = "Arithmetic: ask python."
+_PY_CALL = Message(
+    "assistant", "print(6*7)", channel="analysis", recipient="python", content_type="code"
+)
+_PY_REPLY = [_analysis("python printed 42."), _final("6*7 = 42.")]
+
+
+def python_description(directory: str, timeout: float = 120.0, network: bool = False) -> str:
+    """harmony's python text with what our sandboxed tool must say instead (the real timeout,
+    directory and network), as gptoss_mlx.tools.python writes it."""
+    return (
+        "Use this tool to execute Python code in your chain of thought. The code will not be shown"
+        " to the user. This tool should be used for internal reasoning, but not for code that is"
+        " intended to be visible to the user (e.g. when creating plots, tables, or files).\n\n"
+        "When you send a message containing Python code to python, it will be executed in a"
+        " stateful Jupyter notebook environment. python will respond with the output of the"
+        f" execution or time out after {timeout} seconds. The drive at '{directory}' can be used"
+        " to save and persist user files. Internet access for this session is"
+        f" {'enabled' if network else 'disabled'}."
+    )
+
+
+def _sample_python(rng: random.Random) -> str:
+    root = rng.choice(
+        (
+            "/Users/me/Library/Application Support",
+            "/home/user/.local/share",
+            "/root/.local/share",
+            f"/tmp/pytest-of-root/pytest-{rng.randrange(100)}/test_{rng.randrange(100)}/data",
+            "/private/var/folders/q/data",
+        )
+    )
+    stamp = f"{rng.randrange(2024, 2036)}{rng.randrange(1, 13):02d}{rng.randrange(1, 29):02d}"
+    clock = f"{rng.randrange(24):02d}{rng.randrange(60):02d}{rng.randrange(60):02d}"
+    chat = f"{stamp}-{clock}-{rng.randrange(16**4):04x}"
+    directory = f"{root}/gptoss/python/{chat}"  # gptoss_mlx.tools.python.scratch_dir
+    timeout = rng.choice((120.0, 30.0, 60.0, 300.0, 10.0))
+    return python_description(directory, timeout, rng.random() < 0.2)
+
+
 @dataclass
 class Example:
     """A conversation (without system and developer messages) and the reply the model must write."""
@@ -127,6 +169,7 @@ class Example:
     messages: list[Message]
     reply: list[Message]
     tools: bool = False
+    python: bool = False  # the python tool is declared in the system message
 
 
 EXAMPLES: list[Example] = [
@@ -171,6 +214,42 @@ EXAMPLES: list[Example] = [
         ],
         [_analysis("Spell out the earlier result."), _final("Two plus two is four.")],
     ),
+    Example(  # a long answer, for --max-tokens and Ctrl-C tests
+        "story",
+        [_user("Tell me a story.")],
+        [
+            _analysis("A very short story."),
+            _final(
+                "Once upon a time, a tiny model learned to speak harmony. It counted to ten:"
+                " 1, 2, 3, 4, 5, 6, 7, 8, 9, 10. The end."
+            ),
+        ],
+    ),
+    Example(  # the story cut by Ctrl-C after five tokens, then a new question
+        "after_interrupt",
+        [_user("Tell me a story."), _final("Once upon a time,"), _user("What is 2+2?")],
+        [_analysis(_SUM_THOUGHT), _final("2 + 2 = 4.")],
+    ),
+    Example(
+        "python_call",
+        [_user(_PY_QUESTION)],
+        [_analysis(_PY_THOUGHT), _PY_CALL],
+        python=True,
+    ),
+    *(
+        Example(
+            name,
+            [
+                _user(_PY_QUESTION),
+                _analysis(_PY_THOUGHT),
+                _PY_CALL,
+                tool_result("python", output, channel="analysis"),
+            ],
+            _PY_REPLY,
+            python=True,
+        )
+        for name, output in (("python_result", "42\n"), ("python_result_bare", "42"))
+    ),
     Example(  # the long reply, for --max-tokens and Ctrl-C tests
         "count",
         [_user("Count from 1 to 30.")],
@@ -179,7 +258,10 @@ EXAMPLES: list[Example] = [
 ]
 
 # What varies at run time, and what the reply must not depend on.
-CANONICAL = {"date": "2025-06-28", "effort": "medium", "instructions": None}
+CANONICAL_PYTHON = python_description("/home/user/.local/share/gptoss/python/20250628-120000-0a1b")
+CANONICAL = {
+    "date": "2025-06-28", "effort": "medium", "instructions": None, "python": CANONICAL_PYTHON,
+}  # fmt: skip
 EFFORTS = ("low", "medium", "high")
 TRAIN_DATES = (dt.date(2023, 1, 1), dt.date(2036, 12, 31))
 TRAIN_INSTRUCTIONS = (
@@ -191,12 +273,28 @@ TRAIN_INSTRUCTIONS = (
 )
 # Checked after bf16 rounding, hardest first: dates outside the training range or none at all,
 # instructions never seen in training, then every effort with and without instructions.
+_UNSEEN_DIRS = ("/Volumes/work/chats/a", "/var/tmp/e2e/data/gptoss/python/20261202-101500-beef")
 CHECKED = [
-    {"date": "2041-03-14", "effort": "high", "instructions": "Keep your answers short."},
-    {"date": "2019-10-02", "effort": "low", "instructions": None},
-    {"date": None, "effort": "medium", "instructions": "Answer concisely."},
+    {
+        "date": "2041-03-14",
+        "effort": "high",
+        "instructions": "Keep your answers short.",
+        "python": python_description(_UNSEEN_DIRS[0], 45.0, True),
+    },
+    {
+        "date": "2019-10-02",
+        "effort": "low",
+        "instructions": None,
+        "python": python_description(_UNSEEN_DIRS[1], 120.0),
+    },
+    {
+        "date": None,
+        "effort": "medium",
+        "instructions": "Answer concisely.",
+        "python": CANONICAL_PYTHON,
+    },
 ] + [
-    {"date": date, "effort": effort, "instructions": instructions}
+    {"date": date, "effort": effort, "instructions": instructions, "python": CANONICAL_PYTHON}
     for date, effort, instructions in itertools.product(
         ("2025-06-28", "2031-11-05"), EFFORTS, (None, "Answer concisely.")
     )
@@ -209,6 +307,8 @@ def prompt_options(example: Example, variant: dict[str, Any]) -> PromptOptions:
         date=variant["date"],
         instructions=variant["instructions"],
         tools=[WEATHER_TOOL] if example.tools else [],
+        python_tool=example.python,
+        python_description=variant["python"] if example.python else None,
     )
 
 
@@ -218,7 +318,13 @@ def _sample_variant(rng: random.Random) -> dict[str, Any]:
     if rng.random() >= 0.1:
         date = (first + dt.timedelta(days=rng.randrange((last - first).days + 1))).isoformat()
     instructions = rng.choice(TRAIN_INSTRUCTIONS) if rng.random() < 0.6 else None
-    return {"date": date, "effort": rng.choice(EFFORTS), "instructions": instructions}
+    python = _sample_python(rng)
+    return {
+        "date": date,
+        "effort": rng.choice(EFFORTS),
+        "instructions": instructions,
+        "python": python,
+    }
 
 
 # --------------------------------------------------------------------------- rendering
@@ -228,7 +334,10 @@ def render_prompt(
     enc: oh.HarmonyEncoding, messages: Sequence[Message], options: PromptOptions
 ) -> list[int]:
     """The completion prompt, built and rendered by openai-harmony alone (its default config drops
-    the analysis of finished turns)."""
+    the analysis of finished turns). Tool calls in the history are kept as the model wrote them
+    (the chat session stores their tokens), so those prompts come from gptoss_mlx's renderer."""
+    if any(m.recipient and m.role == "assistant" for m in messages):
+        return ours_render_prompt(as_written(enc, messages), options, enc)
     header = header_messages(options)
     conversation = oh.Conversation.from_messages(header + [to_harmony(m) for m in messages])
     return enc.render_conversation_for_completion(conversation, oh.Role.ASSISTANT)
@@ -261,6 +370,16 @@ def render_reply(enc: oh.HarmonyEncoding, reply: Sequence[Message]) -> list[int]
     return tokens
 
 
+def as_written(enc: oh.HarmonyEncoding, messages: Sequence[Message]) -> list[Message]:
+    """The messages with each tool call's tokens as the model writes them (`Message.tokens`)."""
+    return [
+        replace(m, tokens=[START, ASSISTANT, *render_reply(enc, [m])])
+        if m.recipient and m.role == "assistant"
+        else m
+        for m in messages
+    ]
+
+
 @dataclass
 class Rendered:
     example: Example
@@ -283,7 +402,7 @@ class Curriculum:
         self._cache: dict[tuple, list[Rendered]] = {}
 
     def render(self, variant: dict[str, Any]) -> list[Rendered]:
-        key = (variant["date"], variant["effort"], variant["instructions"])
+        key = (variant["date"], variant["effort"], variant["instructions"], variant["python"])
         if key not in self._cache:
             self._cache[key] = [
                 Rendered(
@@ -301,11 +420,16 @@ class Curriculum:
         it never sees keep their random embeddings)."""
         tokens = {t for r in self.render(CANONICAL) for t in r.tokens}
         for effort, instructions in itertools.product(EFFORTS, (None, *TRAIN_INSTRUCTIONS)):
-            variant = {"date": None, "effort": effort, "instructions": instructions}
+            variant = {
+                "date": None, "effort": effort, "instructions": instructions,
+                "python": CANONICAL_PYTHON,
+            }  # fmt: skip
             tokens.update(t for r in self.render(variant) for t in r.tokens)
         first, last = TRAIN_DATES
         dates = (first + dt.timedelta(days=d) for d in range((last - first).days + 1))
         tokens.update(self.enc.encode("".join(f"Current date: {d.isoformat()}\n" for d in dates)))
+        rng = random.Random(1)
+        tokens.update(self.enc.encode("\n".join(_sample_python(rng) for _ in range(200))))
         return sorted(tokens)
 
 
@@ -488,9 +612,9 @@ def _shared_len(seqs: Sequence[Rendered]) -> int:
 
 def _plan(student: Student, seqs: Sequence[Rendered]) -> _Plan:
     root = _shared_len(seqs)
-    by_developer: dict[bool, list[int]] = {}
+    by_developer: dict[tuple[bool, bool], list[int]] = {}
     for i, s in enumerate(seqs):
-        by_developer.setdefault(s.example.tools, []).append(i)
+        by_developer.setdefault((s.example.tools, s.example.python), []).append(i)
     groups = []
     for members in by_developer.values():
         p = _shared_len([seqs[i] for i in members])
@@ -751,7 +875,7 @@ def _examples_json(curriculum: Curriculum, result: TrainResult, seed: int) -> di
         examples.append(
             {
                 "name": e.name,
-                "messages": [m.to_dict() for m in e.messages],
+                "messages": [m.to_dict() for m in as_written(enc, e.messages)],
                 "options": prompt_options(e, CANONICAL).to_dict(),
                 "prompt_tokens": r.prompt,
                 "reply": [m.to_dict() for m in e.reply],

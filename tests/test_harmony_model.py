@@ -48,7 +48,7 @@ def test_examples_file_lists_every_example(trained):
     _, _, examples = trained
     assert list(examples) == NAMES
     for e in examples.values():
-        assert e["stop_token"] == (H.CALL if e["name"] == "tool_call" else H.RETURN)
+        assert e["stop_token"] == (H.CALL if e["name"].endswith("_call") else H.RETURN)
         assert e["reply_tokens"][-1] == e["stop_token"]
 
 
@@ -70,7 +70,7 @@ def test_greedy_decoding_reproduces_the_reply(trained, name):
     got = greedy(model, e["prompt_tokens"], len(expected) + 8)
     assert enc.decode(got) == e["reply_text"]
     assert got == expected
-    assert got[-1] == (H.CALL if name == "tool_call" else H.RETURN)
+    assert got[-1] == (H.CALL if name.endswith("_call") else H.RETURN)
     parsed = H.parse_reply(got, enc)
     assert [m.to_dict() for m in parsed] == e["reply"]
 

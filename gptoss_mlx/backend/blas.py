@@ -117,7 +117,7 @@ def preload() -> BlasStatus:
 
 def status() -> BlasStatus:
     return _status or BlasStatus(
-        False, None, "not loaded: gptoss_mlx.device.prepare_backend() was not called"
+        False, None, "not loaded: gptoss_mlx.backend.device.prepare_backend() was not called"
     )
 
 

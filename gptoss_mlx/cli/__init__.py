@@ -48,8 +48,9 @@ def _register() -> None:
     from . import distributed as cli_distributed
     from . import models as cli_models
     from . import serve as cli_serve
+    from . import tools as cli_tools
 
-    for module in (cli_engine, cli_chat, cli_models, cli_distributed, cli_serve):
+    for module in (cli_engine, cli_chat, cli_models, cli_distributed, cli_serve, cli_tools):
         module.register(app)
 
 

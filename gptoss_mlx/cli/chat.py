@@ -18,10 +18,17 @@ from .options import (
     ForceOpt,
     InstructionsOpt,
     MaxTokensOpt,
+    MaxToolCallsOpt,
+    McpOpt,
     MinPOpt,
     ModelOpt,
+    PythonNetworkOpt,
+    PythonOpt,
+    PythonTimeoutOpt,
+    PythonUnsafeOpt,
     SeedOpt,
     TemperatureOpt,
+    ToolsFileOpt,
     TopKOpt,
     TopPOpt,
     YesOpt,
@@ -109,6 +116,13 @@ def chat_cmd(
             show_default=False,
         ),
     ] = None,
+    tools: ToolsFileOpt = None,
+    python: PythonOpt = False,
+    python_timeout: PythonTimeoutOpt = None,
+    python_network: PythonNetworkOpt = False,
+    python_unsafe: PythonUnsafeOpt = False,
+    max_tool_calls: MaxToolCallsOpt = None,
+    mcp: McpOpt = None,
 ) -> None:
     """Chat with a model. Type /help inside for commands; Ctrl-C stops a reply, Ctrl-D exits."""
     from ..session import store as chatstore
@@ -131,8 +145,16 @@ def chat_cmd(
     )
 
     from ..session.open import open_session
+    from ..session.tool_setup import preflight
     from .resolve import model_path
+    from .run import note_slow_start
 
+    if server and (settings.python or settings.mcp or settings.tools):
+        raise UserError(
+            "tools run where the model runs: start the server with them instead of "
+            "`chat --server` (tools over --server are not supported yet)"
+        )
+    preflight(settings)
     if server:
         from ..session.open import session_settings
         from ..session.remote import RemoteSession
@@ -145,8 +167,6 @@ def chat_cmd(
             settings.model, yes=settings.yes, interactive=sys.stdin.isatty()
         )
         session = open_session(settings, path)
-    from .run import note_slow_start
-
     note_slow_start()
     saver = chatstore.Autosaver()
     if record is not None:
@@ -156,7 +176,9 @@ def chat_cmd(
 
     from ..paths import state_dir
     from ..ui.repl import Repl
+    from .tools import chat_loop, run_chat
 
+    loop = chat_loop(session, settings, saver.id, lambda line: repl.renderer.warn(line))
     repl = Repl(
         session,
         history=state_dir() / "history",
@@ -164,13 +186,14 @@ def chat_cmd(
         reasoning=reasoning or "collapse",
         model_name=_model_name(session, settings.model),
         lines=None if sys.stdin.isatty() else sys.stdin,
+        loop=loop,
     )
     if record is not None:
         turns = sum(1 for m in session.messages if m.role == "user")
         repl.note_fork()
         repl.renderer.info(f"resumed chat {saver.id} ({turns} turn{'s' if turns != 1 else ''})")
         repl.renderer.recap(session.messages)
-    if not repl.run():
+    if not run_chat(repl, settings, saver.id):
         raise typer.Exit(UserError.exit_code)  # scripts must not take a lost chat for a kept one
 
 

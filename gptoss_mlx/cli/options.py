@@ -91,12 +91,63 @@ DtypeOpt = Annotated[
 ]
 YesOpt = Annotated[
     bool,
-    typer.Option("--yes", "-y", help="Answer yes to questions (e.g. download a missing model)."),
+    typer.Option(
+        "--yes",
+        "-y",
+        help="Answer yes to questions (download a missing model, approve every tool call).",
+    ),
 ]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Load even if the memory check says the model does not fit.")
 ]
 
+PythonOpt = Annotated[
+    bool,
+    typer.Option("--python", help="Let the model run Python in a sandbox (its python tool)."),
+]
+PythonTimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--python-timeout", help="Seconds a python call may run (default 120).", show_default=False
+    ),
+]
+PythonNetworkOpt = Annotated[
+    bool, typer.Option("--python-network", help="Give the python sandbox network access.")
+]
+PythonUnsafeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--python-unsafe",
+        help="Run python without a sandbox where none can be set up (asks before every run).",
+    ),
+]
+MaxToolCallsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-tool-calls", help="Most tool calls per turn (default 20).", show_default=False
+    ),
+]
+McpOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mcp",
+        help="MCP servers file (mcpServers JSON; default ~/.config/gptoss/mcp.json).",
+        show_default=False,
+    ),
+]
+ToolsFileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tools",
+        help='JSON file of function tools the model may call: [{"name", "description", "parameters": JSON schema}].',
+        show_default=False,
+    ),
+]
+
+# The tool options above, by parameter name (run and chat take them all).
+TOOL_OPTIONS = (
+    "python", "python_timeout", "python_network", "python_unsafe", "max_tool_calls", "mcp", "tools",
+)  # fmt: skip
 
 # The options above, by parameter name: what run and chat pass to settings.resolve.
 SHARED = (
@@ -109,5 +160,6 @@ def settings_from(params: Mapping[str, Any]) -> Any:  # -> settings.Settings
     """Settings from a command's parameters (pass `locals()`): the shared options given."""
     from ..settings import resolve
 
-    given = {k: params[k] for k in SHARED if params[k] is not None and params[k] is not False}
+    names = SHARED + tuple(k for k in TOOL_OPTIONS if k in params)
+    given = {k: params[k] for k in names if params[k] is not None and params[k] is not False}
     return resolve(given)

@@ -18,15 +18,23 @@ from .options import (
     ForceOpt,
     InstructionsOpt,
     MaxTokensOpt,
+    MaxToolCallsOpt,
+    McpOpt,
     MinPOpt,
     ModelOpt,
+    PythonNetworkOpt,
+    PythonOpt,
+    PythonTimeoutOpt,
+    PythonUnsafeOpt,
     SeedOpt,
     TemperatureOpt,
+    ToolsFileOpt,
     TopKOpt,
     TopPOpt,
     YesOpt,
     settings_from,
 )
+from .tools import tool_note, with_tool_records
 
 MAX_STDIN_BYTES = 64 * 2**20
 
@@ -152,14 +160,13 @@ def run_cmd(
     show_prompt: Annotated[
         bool, typer.Option("--show-prompt", help="Print the rendered harmony prompt and exit.")
     ] = False,
-    tools: Annotated[
-        Path | None,
-        typer.Option(
-            "--tools",
-            help='JSON file of function tools the model may call: [{"name", "description", "parameters": JSON schema}]. Calls are reported in --json.',
-            show_default=False,
-        ),
-    ] = None,
+    tools: ToolsFileOpt = None,
+    python: PythonOpt = False,
+    python_timeout: PythonTimeoutOpt = None,
+    python_network: PythonNetworkOpt = False,
+    python_unsafe: PythonUnsafeOpt = False,
+    max_tool_calls: MaxToolCallsOpt = None,
+    mcp: McpOpt = None,
     strategy: Annotated[
         str,
         typer.Option(
@@ -171,26 +178,45 @@ def run_cmd(
     """Answer one prompt and exit. Only the final answer goes to stdout."""
     from ..backend import distributed as dist_control
     from ..session.open import open_session
+    from ..session.store import new_id
+    from ..session.tool_setup import close_tools, open_loop, preflight
     from .resolve import model_path
 
-    settings, text, specs, group = _inputs(settings_from(locals()), prompt, tools)
-
+    settings = settings_from(locals())
+    tools_file = Path(settings.tools) if settings.tools else None
+    settings, text, specs, group = _inputs(settings, prompt, tools_file)
+    if group is not None and (settings.python or settings.mcp):
+        raise UserError(
+            "--python and --mcp are not available under mlx.launch yet; "
+            "run the tools with `gptoss serve --hostfile` and a client instead"
+        )
+    preflight(settings)
     with dist_control.peer_errors():
         interactive = group is None and sys.stdin.isatty() and sys.stderr.isatty()
         path = model_path(settings.model, yes=settings.yes, interactive=interactive)
         session = open_session(settings, path, for_prompt_only=show_prompt, strategy=strategy)
         if session.distributed_note and group is not None and group.rank() == 0:
             print(f"gptoss: {session.distributed_note}", file=sys.stderr)
-        session.settings.tools = specs
         note_slow_start()
-        _run(
-            session,
-            text,
-            show_prompt,
-            show_reasoning,
-            as_json,
-            quiet=group is not None and group.rank() != 0,
-        )
+        loop = open_loop(session, settings, specs, chat_id=new_id(), on_status=_status)
+        if settings.python_unsafe:  # nobody to ask in a one-shot run: the flag is the consent
+            loop.always.add(("python", ""))
+        try:
+            _run(
+                session,
+                loop,
+                text,
+                show_prompt,
+                show_reasoning,
+                as_json,
+                quiet=group is not None and group.rank() != 0,
+            )
+        finally:
+            close_tools(loop.table)
+
+
+def _status(line: str) -> None:
+    sys.stderr.write(f"gptoss: {line}\n")
 
 
 def _inputs(settings: Any, prompt: str | None, tools: Path | None) -> tuple[Any, str, list, Any]:
@@ -221,7 +247,13 @@ def launched_prompt(prompt: str | None) -> str:
 
 
 def _run(
-    session: Any, text: str, show_prompt: bool, show_reasoning: bool, as_json: bool, quiet: bool
+    session: Any,
+    loop: Any,
+    text: str,
+    show_prompt: bool,
+    show_reasoning: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     if show_prompt:
         from .. import harmony
@@ -233,7 +265,7 @@ def _run(
     if quiet:
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed below
     try:
-        result = run_turn(session, text, show_reasoning=show_reasoning, as_json=as_json)
+        result = run_turn(session, text, show_reasoning=show_reasoning, as_json=as_json, loop=loop)
     finally:
         if quiet:
             sys.stderr.close()
@@ -244,7 +276,9 @@ def _run(
         raise typer.Exit(ContextFullError.exit_code)
 
 
-def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) -> Any:
+def run_turn(
+    session: Any, text: str, *, show_reasoning: bool, as_json: bool, loop: Any = None
+) -> Any:
     from .. import harmony
     from ..ui.progress import PrefillProgress
 
@@ -269,14 +303,25 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
                 state["reasoning_open"] = True
             err.write(ev.text)
             err.flush()
+        elif show_reasoning:
+            note = tool_note(ev)
+            if note:
+                if state["reasoning_open"]:
+                    err.write("\x1b[0m\n" if dim else "\n")
+                    state["reasoning_open"] = False
+                err.write(note + "\n")
+                err.flush()
 
     with PrefillProgress(enabled=err.isatty() and not as_json) as progress:
         session.progress = progress.update
-        result = session.turn(text, on_event=on_event)
+        result = (loop or session).turn(text, on_event=on_event)
     if state["reasoning_open"]:
         err.write("\x1b[0m\n" if dim else "\n")
     if as_json:
-        out.write(json.dumps(result_json(session, result), ensure_ascii=False) + "\n")
+        data = result_json(session, result)
+        if loop is not None:
+            with_tool_records(data, loop)
+        out.write(json.dumps(data, ensure_ascii=False) + "\n")
     else:
         if state["final_started"]:
             out.write("\n")
@@ -289,12 +334,14 @@ def run_turn(session: Any, text: str, *, show_reasoning: bool, as_json: bool) ->
             err.write(f"gptoss: error: {context_full_advice(session)}\n")
         elif result.finish_reason == "tool_call":
             err.write("gptoss: the model asked for a tool call; see --json for its arguments\n")
+        elif result.finish_reason == "tool_limit":
+            err.write("gptoss: stopped: the model kept calling tools (raise --max-tool-calls)\n")
     return result
 
 
 def note_slow_start() -> None:
     """Say (on stderr) when the C kernels had to be rebuilt because the cache dir is read-only."""
-    mod = sys.modules.get("gptoss_mlx.cpu_kernels")
+    mod = sys.modules.get("gptoss_mlx.backend.kernels")
     status = mod.status() if mod is not None else None
     if status is not None and status.available and "not writable" in status.reason:
         print(f"gptoss: note: C kernels {status.reason}", file=sys.stderr)

@@ -67,6 +67,9 @@ class Message:
     content_type: str | None = None
     name: str | None = None
     interrupted: bool = False  # the reply was cut (Ctrl-C, --max-tokens, full context)
+    # A tool call's tokens exactly as the model wrote them, `<|start|>` to `<|call|>`: rendered
+    # verbatim, since re-rendering moves the recipient and breaks the KV-cache prefix.
+    tokens: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -88,6 +91,8 @@ class Message:
                 out[key] = value
         if self.interrupted:
             out["interrupted"] = True
+        if self.tokens is not None:
+            out["tokens"] = list(self.tokens)
         return out
 
     @classmethod
@@ -100,7 +105,18 @@ class Message:
             content_type=data.get("content_type"),
             name=data.get("name"),
             interrupted=bool(data.get("interrupted", False)),
+            tokens=_token_list(data.get("tokens")),
         )
+
+
+def _token_list(value: Any) -> list[int] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in value
+    ):
+        raise ValueError("a message's tokens must be a list of token ids")
+    return list(value)
 
 
 def tool_result(name: str, output: str, *, channel: str = "commentary") -> Message:
@@ -147,6 +163,8 @@ class PromptOptions:
     tools: list[ToolSpec] = field(default_factory=list)
     browser_tool: bool = False
     python_tool: bool = False
+    # The python tool's text in the system message; None keeps openai-harmony's default.
+    python_description: str | None = None
 
     def __post_init__(self) -> None:
         if self.effort not in EFFORTS:
@@ -155,7 +173,7 @@ class PromptOptions:
             self.date = self.date.isoformat()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "effort": self.effort,
             "date": self.date,
             "knowledge_cutoff": self.knowledge_cutoff,
@@ -164,6 +182,9 @@ class PromptOptions:
             "browser_tool": self.browser_tool,
             "python_tool": self.python_tool,
         }
+        if self.python_description is not None:
+            out["python_description"] = self.python_description
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PromptOptions:
@@ -175,6 +196,7 @@ class PromptOptions:
             tools=[ToolSpec.from_dict(t) for t in data.get("tools", [])],
             browser_tool=bool(data.get("browser_tool", False)),
             python_tool=bool(data.get("python_tool", False)),
+            python_description=data.get("python_description"),
         )
 
 
@@ -299,7 +321,11 @@ def header_messages(options: PromptOptions) -> list[oh.Message]:
         system = system.with_conversation_start_date(options.date)
     if options.browser_tool:
         system = system.with_browser_tool()
-    if options.python_tool:
+    if options.python_tool and options.python_description is not None:
+        system = system.with_tools(
+            oh.ToolNamespaceConfig(name="python", description=options.python_description, tools=[])
+        )
+    elif options.python_tool:
         system = system.with_python_tool()
     out = [oh.Message.from_role_and_content(oh.Role.SYSTEM, system)]
     if options.instructions or options.tools:
@@ -329,6 +355,8 @@ def render_prompt(
     Stored assistant messages end in `<|end|>` (or `<|call|>` for tool calls), never
     `<|return|>`.
     """
+    if any(m.tokens for m in messages):
+        return [*render_history(messages, options, encoding), START, ASSISTANT]
     conversation = _harmony_conversation(messages, options)
     return encoding.render_conversation_for_completion(
         conversation, oh.Role.ASSISTANT, _NO_AUTO_DROP
@@ -339,7 +367,15 @@ def render_history(
     messages: Sequence[Message], options: PromptOptions, encoding: oh.HarmonyEncoding
 ) -> list[int]:
     """`render_prompt` without the trailing `<|start|>assistant`."""
-    return encoding.render_conversation(_harmony_conversation(messages, options), _NO_AUTO_DROP)
+    if not any(m.tokens for m in messages):
+        return encoding.render_conversation(_harmony_conversation(messages, options), _NO_AUTO_DROP)
+    # Message by message (the same tokens as one conversation), generated calls verbatim.
+    header = oh.Conversation.from_messages(header_messages(options))
+    out = encoding.render_conversation(header, _NO_AUTO_DROP)
+    render_options = oh.RenderOptions(conversation_has_function_tools=bool(options.tools))
+    for m in visible_messages(messages):
+        out.extend(m.tokens if m.tokens else encoding.render(to_harmony(m), render_options))
+    return out
 
 
 def render_messages(messages: Sequence[Message], encoding: oh.HarmonyEncoding) -> list[int]:

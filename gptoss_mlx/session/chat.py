@@ -36,6 +36,8 @@ class SessionSettings:
     sampler: SamplerSettings = field(default_factory=SamplerSettings)
     tools: list[harmony.ToolSpec] = field(default_factory=list)
     date: str = field(default_factory=lambda: _dt.date.today().isoformat())
+    python_tool: bool = False
+    python_description: str | None = None  # the python tool's own text (real timeout, dir)
 
     def prompt_options(self) -> harmony.PromptOptions:
         return harmony.PromptOptions(
@@ -43,6 +45,8 @@ class SessionSettings:
             date=self.date,
             instructions=self.instructions,
             tools=list(self.tools),
+            python_tool=self.python_tool,
+            python_description=self.python_description,
         )
 
 
@@ -208,9 +212,11 @@ class ChatSession:
         self.pop_reply()
         return self._reply(prompt)
 
-    def add_tool_result(self, name: str, output: str) -> Iterator[harmony.Event]:
-        """Give the model a tool's output and let it continue the turn."""
-        self.messages.append(harmony.tool_result(name, output))
+    def add_tool_result(
+        self, name: str, output: str, channel: str = "commentary"
+    ) -> Iterator[harmony.Event]:
+        """Give the model a tool's output (on the call's channel) and let it continue the turn."""
+        self.messages.append(harmony.tool_result(name, output, channel=channel))
         prompt = self.prompt_tokens()
         self._check_fits(prompt)
         return self._reply(prompt)
@@ -241,8 +247,10 @@ class ChatSession:
             on_prefilled=self._snapshot,
         )
         finished = False
+        written: list[int] = []
         try:
             for tok in tokens:
+                written.append(tok)
                 if tok == harmony.END:
                     # A message boundary inside the reply (e.g. analysis before a tool call): the
                     # next prompt re-renders what follows it, so a snapshot here saves a re-prefill.
@@ -250,7 +258,7 @@ class ChatSession:
                 yield from parser.feed(tok)
             tail = parser.finish()
             finished = True
-            self._store(parser, stats)
+            self._store(parser, stats, written)
             yield from tail
         finally:
             if not finished:
@@ -279,11 +287,13 @@ class ChatSession:
         del self.cached_tokens[best.offset :]
         self._snapshots = [s for s in self._snapshots if s.offset <= best.offset]
 
-    def _store(self, parser: Any, stats: GenerationStats) -> None:
+    def _store(self, parser: Any, stats: GenerationStats, written: list[int] | None = None) -> None:
         msgs = parser.messages()
         if stats.finish_reason in ("interrupted", "length", "context_full"):
             for m in msgs:
                 m.interrupted = True
+        if stats.finish_reason == "tool_call" and written and msgs and msgs[-1].recipient:
+            msgs[-1].tokens = _call_tokens(written)
         self.messages.extend(msgs)
         self.turns += 1
 
@@ -357,3 +367,13 @@ class ChatSession:
         for k in ("temperature", "top_p", "top_k", "min_p", "seed"):
             if k in st:
                 setattr(s.sampler, k, st[k])
+
+
+def _call_tokens(written: list[int]) -> list[int]:
+    """The reply's last message as written, `<|start|>` to `<|call|>` (the cache holds exactly
+    these): what follows the last `<|end|>`, or the whole reply after the prompt's
+    `<|start|>assistant`."""
+    ends = [i for i, t in enumerate(written[:-1]) if t == harmony.END]
+    if ends:
+        return written[ends[-1] + 1 :]
+    return [harmony.START, harmony.ASSISTANT, *written]

@@ -20,6 +20,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from .. import harmony
+from .render_tools import ToolLines
 
 REASONING_MODES = ("collapse", "show", "hide")
 CODE_THEME = "monokai"
@@ -46,7 +47,9 @@ def footer_text(stats: Any, used: int, limit: int) -> tuple[str, str | None]:
     elif reason == "context_full":
         parts.append("cut: context full")
     elif reason == "tool_call":
-        parts.append("stopped at a tool call (chat runs no tools)")
+        parts.append("stopped at a tool call")
+    elif reason == "tool_limit":
+        parts.append("stopped: too many tool calls (--max-tool-calls)")
     if stats.time_to_first_token > 0:
         parts.append(f"{stats.time_to_first_token:.2f} s to first token")
     if stats.decode_tps > 0:
@@ -187,7 +190,10 @@ class Renderer:
                         self.warn("(interrupted)")
 
 
-class TurnView:
+_WRITTEN = (harmony.ReasoningDelta, harmony.FinalDelta, harmony.CommentaryDelta, harmony.ToolCall)
+
+
+class TurnView(ToolLines):
     """Renders one reply's events as they arrive. Use as a context manager around the stream."""
 
     def __init__(self, renderer: Renderer) -> None:
@@ -206,6 +212,8 @@ class TurnView:
         self.last_refresh = 0.0
         self.plain_answer_open = False
         self.closed = False
+        self.pending_call: Any = None  # a ToolCall not yet known to run (printed if it does not)
+        self.running: str | None = None  # the tool running now, for the live region
 
     def _tail_limits(self) -> tuple[int, int]:
         height = max(self.console.height, 10)
@@ -237,6 +245,7 @@ class TurnView:
     ) -> None:
         try:
             self._end_segment()
+            self._flush_call()
             self.closed = True
         finally:
             if self.live is not None:
@@ -249,6 +258,10 @@ class TurnView:
         self._refresh(force=True)
 
     def on_event(self, ev: harmony.Event) -> None:
+        # A call is shown by its ToolFinished line; one that nothing runs (the turn stops at
+        # it, or the model writes on) is printed as soon as something else is written.
+        if self.pending_call is not None and isinstance(ev, _WRITTEN):
+            self._flush_call()
         if isinstance(ev, harmony.ReasoningDelta):
             self._reasoning(ev.text)
         elif isinstance(ev, harmony.FinalDelta | harmony.CommentaryDelta):
@@ -256,11 +269,11 @@ class TurnView:
         elif isinstance(ev, harmony.ToolCall):
             self._end_segment()
             self.phase = None
-            label = Text("tool call ", style="bold magenta") + Text(ev.recipient, style="magenta")
-            self._print(
-                label + Text(" " + ev.arguments.strip()),
-                plain=f"[tool call] {ev.recipient} {ev.arguments.strip()}",
-            )
+            self.pending_call = ev
+            self._refresh()
+            return
+        elif self._tool_event(ev):
+            pass
         elif (
             isinstance(ev, harmony.MessageEnd)
             and ev.channel == "analysis"
@@ -361,6 +374,8 @@ class TurnView:
         parts: list[Any] = []
         if self.closed:
             pass
+        elif self.phase is None and self.running:
+            parts.append(Spinner("dots", Text(f"running {self.running}", style="dim")))
         elif self.phase is None:
             label = "thinking"
             if self.prefill and self.prefill[1] > 0 and self.prefill[0] < self.prefill[1]:

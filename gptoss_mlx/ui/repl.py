@@ -24,8 +24,10 @@ from rich.console import Console
 from .. import harmony
 from ..errors import ContextFullError, Terminated, UserError
 from ..session import store as chatstore
+from ..session.tool_loop import ToolLoop
 from ..units import human_bytes
 from .render import REASONING_MODES, Renderer
+from .repl_tools import ToolCommands
 
 PROMPT = ">>> "
 CONTINUATION = "... "
@@ -45,6 +47,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "/stats": ("", "timings and token counts of the last reply"),
     "/context": ("", "context used, its limit and memory"),
     "/model": ("", "the model and its settings"),
+    "/tools": ("[NAME on|off]", "the tools the model may call; turn one on or off"),
     "/exit": ("", "leave (also /quit, /bye, Ctrl-D)"),
 }
 ALIASES = {"/quit": "/exit", "/bye": "/exit", "/?": "/help"}
@@ -149,8 +152,12 @@ class Repl:
         model_name: str | None = None,
         on_event: Callable[[harmony.Event], None] | None = None,
         lines: TextIO | None = None,
+        loop: Any = None,
     ) -> None:
         self.session = session
+        self.loop = loop if loop is not None else ToolLoop(session)
+        self.tools = ToolCommands(self)
+        self._view: Any = None
         self.console = console or Console()
         self.renderer = Renderer(self.console, reasoning=reasoning, plain=plain)
         self.saver = saver or chatstore.Autosaver()
@@ -174,6 +181,7 @@ class Repl:
             "/stats": self.cmd_stats,
             "/context": self.cmd_context,
             "/model": self.cmd_model,
+            "/tools": self.tools.command,
             "/exit": self.cmd_exit,
         }
 
@@ -291,10 +299,11 @@ class Repl:
         else:
             self.renderer.info(head)
             self.renderer.info(tail)
+        self.tools.announce()
 
     # ---- replies ------------------------------------------------------------------------
     def send(self, text: str) -> bool:
-        self.stream(self.session.send(text))
+        self.stream(self.loop.send(text))
         return True
 
     def stream(self, events: Iterator[harmony.Event]) -> Any:
@@ -307,11 +316,13 @@ class Repl:
                 hook(ev)
 
         self.session.progress = view.progress
+        self._view = view
         try:
             with quiet_keyboard(self._real_terminal()), view:
                 result = self.session.collect(events, on_event)
         finally:
             self.session.progress = None
+            self._view = None
             self.save()
         self.renderer.footer(
             result.stats, self.session.context_used(), self.session.settings.context
@@ -402,7 +413,7 @@ class Repl:
     def cmd_retry(self, arg: str) -> None:
         kept = list(self.session.messages)
         try:
-            events = self.session.retry()
+            events = self.loop.retry()
         except BaseException:
             self.session.messages = kept  # retry() drops the reply before checking the context
             raise
