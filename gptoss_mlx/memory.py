@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ModelConfig
+from .device import PREFILL_CHUNK_CPU, PREFILL_CHUNK_METAL
 from .errors import NotEnoughMemoryError, UserError
 
 MiB = 1024**2
 GiB = 1024**3
-PREFILL_CHUNK = 512  # tokens per prefill step; generate.PREFILL_CHUNK
 KV_STEP = 256  # a full-attention cache grows by this many tokens at a time (cache.FullKVCache.step)
 RUNTIME_MARGIN = 512 * MiB  # MLX runtime, Python, the tokenizer
 ACTIVATION_SAFETY = 1.5
@@ -224,9 +224,11 @@ def activation_bytes(
     dtype_bytes: int,
     *,
     fused_attention: bool,
-    chunk: int = PREFILL_CHUNK,
+    chunk: int | None = None,
 ) -> int:
-    """Peak temporaries while prefilling one chunk at `context` (without the runtime margin)."""
+    """Peak temporaries while prefilling one chunk at `context` (without the runtime margin).
+    The chunk defaults to what generate.prefill uses where attention is fused (Metal) or not."""
+    chunk = chunk or (PREFILL_CHUNK_METAL if fused_attention else PREFILL_CHUNK_CPU)
     h, i, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts_per_tok
     q = cfg.num_attention_heads * cfg.head_dim
     kv = cfg.num_key_value_heads * cfg.head_dim

@@ -14,6 +14,7 @@ BLAS on the same weights, float32 arithmetic); device.py decides, `Model.set_fas
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
@@ -126,8 +127,10 @@ class Attention(nn.Module):
         return self._proj(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
-@mx.compile
-def _swiglu(gate: mx.array, up: mx.array, alpha: mx.array, limit: mx.array) -> mx.array:
+# Shapeless (as mlx-lm): elementwise, so one trace serves every prefill length; the float
+# constants are baked in rather than made into arrays on every call.
+@partial(mx.compile, shapeless=True)
+def _swiglu(gate: mx.array, up: mx.array, alpha: float, limit: float) -> mx.array:
     gate = mx.minimum(gate, limit)
     up = mx.clip(up, -limit, limit)
     return (up + 1) * (gate * mx.sigmoid(alpha * gate))
@@ -201,11 +204,9 @@ class Experts(nn.Module):
             inv = mx.argsort(order)
             x = x.flatten(0, -3)[order // indices.shape[-1]]
             idx = flat[order]
-        alpha = mx.array(self._alpha, dtype=x.dtype)
-        limit = mx.array(self._limit, dtype=x.dtype)
         g = self.gate_proj(x, idx, sorted_indices=do_sort)
         u = self.up_proj(x, idx, sorted_indices=do_sort)
-        y = self.down_proj(_swiglu(g, u, alpha, limit), idx, sorted_indices=do_sort)
+        y = self.down_proj(_swiglu(g, u, self._alpha, self._limit), idx, sorted_indices=do_sort)
         if do_sort:
             y = y[inv].reshape(*indices.shape, 1, -1)
         return y.squeeze(-2)

@@ -44,12 +44,18 @@ def tokens(n: int) -> list[int]:
     return [int(t) for t in np.random.default_rng(n).integers(0, 199_990, size=n)]
 
 
-def test_constants_follow_the_code_they_describe():
+def test_constants_follow_the_code_they_describe(tiny_checkpoint):
+    from gptoss_mlx import device
     from gptoss_mlx.cache import FullKVCache
-    from gptoss_mlx.generate import PREFILL_CHUNK
 
     assert FullKVCache.step == memory.KV_STEP
-    assert memory.PREFILL_CHUNK == PREFILL_CHUNK
+    assert device.prefill_chunk(metal=False) == memory.PREFILL_CHUNK_CPU == 512
+    assert device.prefill_chunk(metal=True) == memory.PREFILL_CHUNK_METAL == 2048
+    cfg = ModelConfig.from_dir(tiny_checkpoint)
+    for fused, chunk in ((False, 512), (True, 2048)):
+        assert memory.activation_bytes(cfg, 8192, 2, fused_attention=fused) == (
+            memory.activation_bytes(cfg, 8192, 2, fused_attention=fused, chunk=chunk)
+        )
 
 
 def test_weights_estimate_equals_the_loaded_parameters(loaded, tiny_checkpoint):
