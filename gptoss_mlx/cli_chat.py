@@ -101,7 +101,12 @@ def chat_cmd(
 
     from .engine import open_session
 
-    session = open_session(settings, interactive=sys.stdin.isatty(), path=model_dir)
+    session = open_session(
+        settings,
+        interactive=sys.stdin.isatty(),
+        path=model_dir,
+        on_warning=lambda text: print(f"warning: {text}", file=sys.stderr),
+    )
     saver = chatstore.Autosaver()
     if record is not None:
         chatstore.apply_record(session, record)

@@ -131,6 +131,7 @@ def run_cmd(
         settings,
         interactive=sys.stdin.isatty() and sys.stderr.isatty(),
         for_prompt_only=show_prompt,
+        on_warning=lambda text: print(f"warning: {text}", file=sys.stderr),
     )
     session.settings.tools = specs
     if show_prompt:

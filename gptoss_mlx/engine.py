@@ -5,6 +5,7 @@ Shared by `gptoss run` and `gptoss chat`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ def open_session(
     interactive: bool,
     for_prompt_only: bool = False,
     path: Path | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Any:
     from . import harmony
     from .config import ModelConfig
@@ -70,7 +72,9 @@ def open_session(
             # Not asked for: the longest context that fits this machine (all of it on a big Mac).
             fits = largest_context_that_fits(path, dtype_bytes=dtype_bytes)
             context = min(max_ctx, fits) if fits and fits >= 1024 else max_ctx
-        check_memory(path, context, dtype_bytes=dtype_bytes, force=settings.force)
+        est = check_memory(path, context, dtype_bytes=dtype_bytes, force=settings.force)
+        if est.warning and on_warning is not None:
+            on_warning(est.warning)  # past the GPU working set: runs, may page
         model, tokenizer = load_model(path, dtype=dtype)
         if settings.seed is not None:
             mx.random.seed(settings.seed)
