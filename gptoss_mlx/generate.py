@@ -158,12 +158,6 @@ def generate(
     stats.prefilled_tokens = len(new_tokens)
     fed = fed if fed is not None else []
     t0 = time.perf_counter()
-
-    def step(token: mx.array) -> mx.array:
-        logits = model(token.reshape(1, 1), cache, last_only=True)
-        return sampler(logits[:, -1, :])
-
-    pending: _Pending | None = None  # a queued step whose input token is not yet read
     try:
         with wired_limit():
             if new_tokens:
@@ -175,36 +169,8 @@ def generate(
                 logits = first_logits
             else:
                 raise ValueError("no prompt tokens to run and no logits to start from")
-            y = sampler(logits)
-            mx.async_eval(y)
-            n = 0
-            while True:
-                n += 1
-                # Queue step n+1 (feeding token n) before reading token n, so the device never
-                # waits for Python to build a graph; undone below if token n ends the reply.
-                room = cache_offset(cache) + 1 <= context_limit
-                if room and n < max_tokens:
-                    pending = _Pending(snapshot(cache), mx.random.state[0])
-                    next_y = step(y)
-                    mx.async_eval(next_y)
-                token = read_token(y)
-                if n == 1:
-                    stats.time_to_first_token = time.perf_counter() - t0
-                    stats.prefill_seconds = stats.time_to_first_token
-                stats.generated_tokens = n
-                reason = _finish_reason(token, stop_tokens, room, n, max_tokens)
-                if reason:
-                    _undo(cache, pending)
-                    pending = None
-                    stats.finish_reason = reason
-                    yield token
-                    break
-                fed.append(token)
-                pending = None
-                if n == 1 or n % CLEAR_CACHE_EVERY == 0:
-                    mx.clear_cache()
-                yield token
-                y = next_y
+            limits = (max_tokens, stop_tokens, context_limit)
+            yield from _decode(model, cache, sampler, logits, limits, fed, stats, t0)
     except KeyboardInterrupt:
         stats.finish_reason = "interrupted"
         raise
@@ -212,10 +178,61 @@ def generate(
         stats.finish_reason = stats.finish_reason or "interrupted"
         raise
     finally:
-        _undo(cache, pending)
         if stats.time_to_first_token:
             stats.decode_seconds = time.perf_counter() - t0 - stats.time_to_first_token
         stats.peak_memory_bytes = peak_memory()
+
+
+def _decode(
+    model,
+    cache: list,
+    sampler: Callable[[mx.array], mx.array],
+    logits: mx.array,
+    limits: tuple[int, dict[int, str], int],
+    fed: list[int],
+    stats: GenerationStats,
+    t0: float,
+) -> Iterator[int]:
+    """The decode loop of `generate`, pipelined: step n+1 (feeding token n) is queued before token
+    n is read, so the device never waits for Python to build a graph; if token n ends the reply
+    (or the wait is interrupted) the queued step is taken back out of the caches."""
+    max_tokens, stop_tokens, context_limit = limits
+
+    def step(token: mx.array) -> mx.array:
+        return sampler(model(token.reshape(1, 1), cache, last_only=True)[:, -1, :])
+
+    y = sampler(logits)
+    mx.async_eval(y)
+    pending: _Pending | None = None  # a queued step whose input token is not yet read
+    n = 0
+    try:
+        while True:
+            n += 1
+            room = cache_offset(cache) + 1 <= context_limit
+            if room and n < max_tokens:
+                pending = _Pending(snapshot(cache), mx.random.state[0])
+                next_y = step(y)
+                mx.async_eval(next_y)
+            token = read_token(y)
+            if n == 1:
+                stats.time_to_first_token = time.perf_counter() - t0
+                stats.prefill_seconds = stats.time_to_first_token
+            stats.generated_tokens = n
+            reason = _finish_reason(token, stop_tokens, room, n, max_tokens)
+            if reason:
+                _undo(cache, pending)
+                pending = None
+                stats.finish_reason = reason
+                yield token
+                return
+            fed.append(token)
+            pending = None
+            if n == 1 or n % CLEAR_CACHE_EVERY == 0:
+                mx.clear_cache()
+            yield token
+            y = next_y
+    finally:
+        _undo(cache, pending)
 
 
 def read_token(y: mx.array) -> int:
