@@ -284,9 +284,11 @@ class Model(nn.Module):
 
     def set_fast_path(self, enabled: bool | None) -> None:
         """None: as device.py decides for this device and dtype (the default); False: plain MLX
-        everywhere (the reference path); True: the CPU fast path (ValueError if unavailable)."""
+        everywhere (the reference path); True: the CPU fast path (ValueError if unavailable).
+        Takes effect at once, also for layers called directly."""
         self._fast_setting = enabled
         self._fast_decided = None
+        self._decide_fast_path()
 
     def fast_path(self) -> tuple[bool, str]:
         """Whether the CPU fast path is used, and why."""
