@@ -148,3 +148,16 @@ def test_open_session_passes_the_warning_on(tiny_checkpoint, monkeypatch):
     assert len(warnings) == 1 and warnings[0].endswith(
         f"sudo sysctl iogpu.wired_limit_mb={math.ceil(need / 2**20)}"
     )
+
+
+def test_download_convert_uses_8_bit_rest_only_where_bf16_does_not_fit(models, monkeypatch):
+    fake_mac(monkeypatch, 16, 10.7)
+    assert memory.default_rest_layout(models["20b"]) == "q8"
+    fake_mac(monkeypatch, 24, 16)
+    assert memory.default_rest_layout(models["20b"]) == "bf16"
+    assert memory.default_rest_layout(models["120b"]) == "q8"
+    fake_mac(monkeypatch, 128, 96)
+    assert memory.default_rest_layout(models["120b"]) == "bf16"
+    monkeypatch.setattr(memory, "metal_working_set_bytes", lambda: None)  # the CPU backend
+    monkeypatch.setenv("GPTOSS_MEMORY_LIMIT_BYTES", "1GB")
+    assert memory.default_rest_layout(models["120b"]) == "bf16"
