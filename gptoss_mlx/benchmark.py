@@ -76,16 +76,16 @@ def timed_tokens(
         result.decode_tokens = count - 1
 
 
-def _run_gptoss(model_dir: Path, prompts: list[int], n_decode: int) -> BenchResult:
+def _run_gptoss(model_dir: Path, prompts: list[int], n_decode: int, dtype: str) -> BenchResult:
     import mlx.core as mx
 
     from . import generate as gen
     from .loader import load_model
 
     t0 = time.perf_counter()
-    model, _ = load_model(model_dir)
+    model, _ = load_model(model_dir, dtype=dtype or None)
     result = BenchResult("gptoss", load_seconds=time.perf_counter() - t0)
-    result.detail = model.fast_path()[1]
+    result.detail = f"{model.dtype}: {model.fast_path()[1]}"
     sampler = gen.make_sampler(gen.SamplerSettings(temperature=0))
 
     def stream(n: int, max_tokens: int) -> Iterator[int]:
@@ -100,7 +100,8 @@ def _run_gptoss(model_dir: Path, prompts: list[int], n_decode: int) -> BenchResu
     return result
 
 
-def _run_mlx_lm(model_dir: Path, prompts: list[int], n_decode: int) -> BenchResult:
+def _run_mlx_lm(model_dir: Path, prompts: list[int], n_decode: int, dtype: str) -> BenchResult:
+    del dtype  # mlx-lm as installed: the checkpoint's dtype (bf16)
     import mlx.core as mx
     from mlx_lm import stream_generate
     from mlx_lm.sample_utils import make_sampler
@@ -124,21 +125,24 @@ def _run_mlx_lm(model_dir: Path, prompts: list[int], n_decode: int) -> BenchResu
     return result
 
 
-WORKERS: dict[str, Callable[[Path, list[int], int], BenchResult]] = {
+WORKERS: dict[str, Callable[[Path, list[int], int, str], BenchResult]] = {
     "gptoss": _run_gptoss,
     "mlx-lm": _run_mlx_lm,
 }
 
 
-def run(runner: str, model_dir: Path, prompts: list[int], n_decode: int) -> BenchResult:
-    """Measure `runner` in its own Python process; UserError if it fails."""
+def run(
+    runner: str, model_dir: Path, prompts: list[int], n_decode: int, dtype: str | None = None
+) -> BenchResult:
+    """Measure `runner` in its own Python process (gptoss with activations in `dtype`, default:
+    the device's); UserError if it fails."""
     if runner not in WORKERS:
         raise UserError(f"unknown runner {runner!r}; choose from {', '.join(RUNNERS)}")
     env = dict(os.environ)
     if runner == "mlx-lm":
         env["GPTOSS_BLAS"] = "off"  # mlx-lm as installed
     cmd = [sys.executable, "-m", "gptoss_mlx.benchmark", runner, str(model_dir),
-           ",".join(map(str, prompts)), str(n_decode)]  # fmt: skip
+           ",".join(map(str, prompts)), str(n_decode), dtype or ""]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -165,8 +169,9 @@ def _max_rss() -> int:
 
 
 def _worker(argv: list[str]) -> int:
-    runner, model_dir, prompts, n_decode = argv
-    result = WORKERS[runner](Path(model_dir), [int(p) for p in prompts.split(",")], int(n_decode))
+    runner, model_dir, prompts, n_decode, dtype = argv
+    counts = [int(p) for p in prompts.split(",")]
+    result = WORKERS[runner](Path(model_dir), counts, int(n_decode), dtype)
     result.max_rss_bytes = _max_rss()
     print(json.dumps(result.to_dict()))
     return 0

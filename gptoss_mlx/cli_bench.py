@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from .cli_options import ModelOpt
+from .cli_options import DtypeOpt, ModelOpt
 from .errors import ModelNotFoundError, UserError
 
 
@@ -33,6 +33,7 @@ def bench_cmd(
     decode_tokens: Annotated[
         int, typer.Option("--decode-tokens", help="Tokens to decode after the first prompt.")
     ] = 128,
+    dtype: DtypeOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Measure prefill and decode speed, time to first token and peak memory on this machine.
@@ -48,11 +49,12 @@ def bench_cmd(
     if decode_tokens < 2:
         raise UserError("--decode-tokens must be at least 2 (the first token comes from prefill)")
     prompts = _counts(prompt_tokens)
-    spec = resolve({"model": model}).model
+    settings = resolve({"model": model, "dtype": dtype})
+    spec = settings.model
     path = find_local(spec)
     if path is None:
         raise ModelNotFoundError(f"model {spec} is not downloaded; run `gptoss download {spec}`")
-    results = [benchmark.run("gptoss", path, prompts, decode_tokens)]
+    results = [benchmark.run("gptoss", path, prompts, decode_tokens, settings.dtype)]
     if vs:
         results.append(benchmark.run(vs, path, prompts, decode_tokens))
     ratios = benchmark.ratios(results[0], results[1]) if vs else {}

@@ -43,10 +43,11 @@ def test_bench_against_mlx_lm_on_the_same_weights(tiny_checkpoint):
 
 
 def test_bench_table_and_errors(tiny_checkpoint):
-    r = bench("-m", str(tiny_checkpoint), "--prompt-tokens", "12", "--decode-tokens", "3")
+    r = bench("-m", str(tiny_checkpoint), "--prompt-tokens", "12", "--decode-tokens", "3",
+              "--dtype", "bfloat16")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "prefill 12 tok/s" in r.stdout and "decode tok/s" in r.stdout
-    assert "gptoss vs mlx-lm" not in r.stdout
+    assert "gptoss vs mlx-lm" not in r.stdout and "gptoss: mlx.core.bfloat16: " in r.stdout
     r = bench("-m", str(tiny_checkpoint), "--vs", "llama.cpp")
     assert (
         r.returncode != 0
