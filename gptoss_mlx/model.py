@@ -343,9 +343,12 @@ class Model(nn.Module):
                     masks[kind] = "causal" if L > 1 else None
                 else:
                     cached = c.cached_len if c is not None else 0
-                    masks[kind] = (
-                        None if (L == 1 and cached < window) else _window_mask(L, cached, window)
-                    )
+                    if L == 1 and cached < window:
+                        masks[kind] = None
+                    elif cached + L <= window:  # every key is inside the window (as mlx-lm)
+                        masks[kind] = "causal"
+                    else:
+                        masks[kind] = _window_mask(L, cached, window)
             x = layer(x, masks[kind], c)
         return self.model.norm(x)
 

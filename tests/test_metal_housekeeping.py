@@ -166,3 +166,21 @@ def test_swiglu_is_traced_once_for_every_length(monkeypatch):
         want = (uc + 1) * (gc_ * real(1.702 * gc_))
         np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-6, atol=1e-6)
     assert len(traces) <= 1
+
+
+def test_short_chunks_inside_the_window_equal_the_full_forward(tiny_checkpoint):
+    """Plain MLX (Metal's path): chunks that fit in the sliding window use the causal mask."""
+    from gptoss_mlx import load_model
+
+    from .reference import rel_max_err
+
+    model, _ = load_model(tiny_checkpoint, dtype="float32")
+    model.set_fast_path(False)
+    ids = tokens(30)
+    assert model.config.sliding_window == 8
+    full = np.array(model(mx.array([ids]))[0])
+    cache, parts, start = model.make_cache(), [], 0
+    for n in (3, 4, 1, 2, 20):  # 0+3, 3+4 and 7+1 fit in the window of 8; 8+2 does not
+        parts.append(np.array(model(mx.array([ids[start : start + n]]), cache)[0]))
+        start += n
+    assert rel_max_err(np.concatenate(parts), full) <= 1e-4
