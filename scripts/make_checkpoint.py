@@ -1,6 +1,6 @@
 """Write a random-weight gpt-oss checkpoint laid out exactly like openai/gpt-oss-20b on the hub.
 
-    python scripts/make_checkpoint.py OUT [--preset tiny|20b] [--layers N] [--seed S]
+    python scripts/make_checkpoint.py OUT [--preset tiny|tiny64|20b] [--layers N] [--seed S]
 
 Weights are random but give sane activations: projections scaled by 1/sqrt(fan_in), norms near 1,
 a router strong enough that top-k routing differs from token to token, and experts quantized to
@@ -32,6 +32,20 @@ PRESETS: dict[str, dict] = {
     "tiny": {
         "hidden_size": 128,
         "head_dim": 32,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 128,
+        "num_local_experts": 8,
+        "num_experts_per_tok": 4,
+        "num_hidden_layers": 4,
+        "sliding_window": 8,
+        "max_shard_bytes": 64 * 2**20,
+    },
+    # tiny with the real head size: on a Mac its attention takes MLX's fused Metal kernels
+    # (head_dim 64 and up), which tiny's 32 never reaches.
+    "tiny64": {
+        "hidden_size": 128,
+        "head_dim": 64,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "intermediate_size": 128,

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gptoss_mlx.backend.device import device_info, prefill_chunk
 from gptoss_mlx.errors import NotEnoughMemoryError, UserError
 from gptoss_mlx.model import memory
 from gptoss_mlx.model.config import ModelConfig
@@ -44,18 +45,25 @@ def tokens(n: int) -> list[int]:
     return [int(t) for t in np.random.default_rng(n).integers(0, 199_990, size=n)]
 
 
-def test_constants_follow_the_code_they_describe():
+def test_constants_follow_the_code_they_describe(tiny_checkpoint):
+    from gptoss_mlx.backend import device
     from gptoss_mlx.model.cache import FullKVCache
-    from gptoss_mlx.model.generate import PREFILL_CHUNK
 
     assert FullKVCache.step == memory.KV_STEP
-    assert memory.PREFILL_CHUNK == PREFILL_CHUNK
+    assert device.prefill_chunk(metal=False) == memory.PREFILL_CHUNK_CPU == 512
+    assert device.prefill_chunk(metal=True) == memory.PREFILL_CHUNK_METAL == 2048
+    cfg = ModelConfig.from_dir(tiny_checkpoint)
+    for fused, chunk in ((False, 512), (True, 2048)):
+        assert memory.activation_bytes(cfg, 8192, 2, fused_attention=fused) == (
+            memory.activation_bytes(cfg, 8192, 2, fused_attention=fused, chunk=chunk)
+        )
 
 
 def test_weights_estimate_equals_the_loaded_parameters(loaded, tiny_checkpoint):
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
+    from gptoss_mlx.backend import device
     from gptoss_mlx.backend import kernels as cpu_kernels
     from gptoss_mlx.checkpoint.layout import is_dense_matmul_weight
 
@@ -67,7 +75,8 @@ def test_weights_estimate_equals_the_loaded_parameters(loaded, tiny_checkpoint):
     kept = {k: v for k, v in params.items() if is_dense_matmul_weight(k) and v.dtype != mx.float32}
     dense = sum(v.size for k, v in params.items() if is_dense_matmul_weight(k))
     assert dense == ModelConfig.from_dir(tiny_checkpoint).param_counts()["dense_matmul"]
-    assert memory.keeps_dense_stored(4) == (cpu_kernels.load() is not None) == bool(kept)
+    expect_kept = not device.device_info().metal and cpu_kernels.load() is not None
+    assert memory.keeps_dense_stored(4) == expect_kept == bool(kept)
     if kept:
         assert "lm_head.weight" in kept and all(v.dtype == mx.bfloat16 for v in kept.values())
         # Cast to float32 they would take twice the bytes.
@@ -107,9 +116,11 @@ def test_activation_margin_covers_the_measured_peak(loaded, loaded_plain, tiny_c
     mx.eval(model.parameters())
     base = mx.get_active_memory()
     mx.reset_peak_memory()
-    mx.eval(prefill(model, tokens(n), cache))
+    # This device's chunk; on Metal the attention kernel is fused (no score matrix).
+    fused, chunk = device_info().metal, prefill_chunk()
+    mx.eval(prefill(model, tokens(n), cache, chunk=chunk))
     measured = mx.get_peak_memory() - base - sum(c.allocated_bytes for c in cache)
-    est = memory.activation_bytes(cfg, n, 4, fused_attention=False)
+    est = memory.activation_bytes(cfg, n, 4, fused_attention=fused, chunk=chunk)
     assert measured <= est
     assert est <= 4 * measured, "an estimate this loose would refuse models that fit"
 

@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from gptoss_mlx.backend import device
 from gptoss_mlx.backend import kernels as ck
 from gptoss_mlx.backend.device import backend_report, cpu_fast_path
 from gptoss_mlx.model.loader import load_model
@@ -25,8 +26,12 @@ from .reference import rel_max_err
 REPO = Path(__file__).resolve().parents[1]
 BENCH_CKPT = REPO / ".cache" / "bench" / "gpt-oss-20b-width-4L"
 
-lib = ck.load()
-needs_kernels = pytest.mark.skipif(lib is None, reason=f"no CPU kernels: {ck.status().reason}")
+METAL = device.device_info().metal  # on Metal the product never loads the CPU kernels
+lib = None if METAL else ck.load()
+needs_kernels = pytest.mark.skipif(
+    lib is None,
+    reason="Metal: no CPU fast path" if METAL else f"no CPU kernels: {ck.status().reason}",
+)
 rng = np.random.default_rng(3)
 TOKENS = [int(t) for t in rng.integers(0, 199_990, size=40)]
 
@@ -73,9 +78,12 @@ def model(tiny_checkpoint):
 
 
 def both_paths(model, fn):
+    """(fast path result, plain MLX result); every layer really switches between the two."""
     model.set_fast_path(False)
+    assert all(x._fast is None for layer in model.layers for x in (layer.mlp, layer.self_attn))
     ref = fn()
     model.set_fast_path(True)
+    assert all(x._fast is not None for layer in model.layers for x in (layer.mlp, layer.self_attn))
     got = fn()
     model.set_fast_path(None)
     return got, ref
@@ -167,11 +175,37 @@ def test_chunked_prefill_and_decode_equal_reference_path(model):
 
 def test_bf16_activations_keep_plain_mlx():
     fast, reason = cpu_fast_path(mx.bfloat16)
-    assert fast is None and "bfloat16" in reason
+    assert fast is None and ("Metal GPU" if METAL else "bfloat16") in reason
+
+
+@pytest.fixture
+def fake_metal(monkeypatch):
+    monkeypatch.setattr(device, "device_info", lambda: device.DeviceInfo(
+        "gpu", True, "bfloat16", "Metal GPU: bf16 activations with MLX's fused kernels"))  # fmt: skip
+
+
+def test_the_metal_branches(fake_metal, model):
+    assert device.default_dtype() == "bfloat16"
+    for dtype in (mx.float32, mx.bfloat16):
+        fast, reason = cpu_fast_path(dtype)
+        assert fast is None and reason.startswith("Metal GPU")
+    assert not device.keeps_dense_weights_stored("float32")
+    assert device.stored_dtype_params(model, mx.float32) == set()
+    rows = {name: (status, detail) for name, status, detail in backend_report()}
+    assert set(rows) == {"compute path", "blas", "experts"}
+    assert rows["compute path"] == (
+        "ok",
+        "gpu: Metal GPU: bf16 activations with MLX's fused kernels",
+    )
+    assert rows["blas"][1] == "Accelerate (macOS)" and "gather_qmm" in rows["experts"][1]
+    assert device.prefill_chunk() == 2048
 
 
 def test_backend_report_names_every_choice():
     rows = {name: (status, detail) for name, status, detail in backend_report()}
+    if METAL:
+        assert set(rows) == {"compute path", "blas", "experts"}
+        return
     assert {"compute path", "blas", "kernels", "fast path"} <= set(rows)
     assert all(status in ("ok", "warn", "info") for status, _ in rows.values())
     fast, _ = cpu_fast_path(mx.float32)
@@ -226,7 +260,7 @@ m, _ = load_model({str(tiny_checkpoint)!r}, dtype="float32")
 print(json.dumps(m.fast_path()))
 """
     active, reason = run_python(code, GPTOSS_KERNELS="off")
-    assert not active and "GPTOSS_KERNELS" in reason
+    assert not active and ("Metal GPU" if METAL else "GPTOSS_KERNELS") in reason
 
 
 @needs_kernels

@@ -15,8 +15,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+# Tokens per prefill step: mlx-lm's 2048 on Metal (fuller expert matmuls, fewer KV-growth copies);
+# 512 suits the CPU fast path (experts dequantized per chunk, attention scores materialised).
+PREFILL_CHUNK_CPU = 512
+PREFILL_CHUNK_METAL = 2048
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,45 @@ def device_info() -> DeviceInfo:
         "float32",
         "MLX CPU backend: float32 activations (bf16 quantized matmuls are ~11x slower here)",
     )
+
+
+def prefill_chunk(metal: bool | None = None) -> int:
+    """Prefill chunk for this device (or for `metal` if given); memory.py estimates with it."""
+    metal = device_info().metal if metal is None else metal
+    return PREFILL_CHUNK_METAL if metal else PREFILL_CHUNK_CPU
+
+
+def metal_working_set_limit() -> int | None:
+    """Metal's max_recommended_working_set_size, or None off Metal."""
+    if not device_info().metal:
+        return None
+    import mlx.core as mx
+
+    info_fn = getattr(mx, "device_info", None) or mx.metal.device_info
+    try:
+        value = info_fn().get("max_recommended_working_set_size")
+    except Exception:
+        return None
+    return int(value) if value else None
+
+
+@contextmanager
+def wired_limit() -> Iterator[None]:
+    """While generating on Metal, let MLX wire up to the working-set limit (as mlx-lm does), so
+    the weights stay resident instead of being paged or compressed; the old limit comes back after,
+    also on an exception. A no-op off Metal."""
+    limit = metal_working_set_limit()
+    if not limit:
+        yield
+        return
+    import mlx.core as mx
+
+    old = mx.set_wired_limit(limit)
+    try:
+        yield
+    finally:
+        mx.synchronize()
+        mx.set_wired_limit(old)
 
 
 def default_dtype() -> str:

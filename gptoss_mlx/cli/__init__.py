@@ -43,6 +43,7 @@ def _root(
 
 
 def _register() -> None:
+    from . import bench as cli_bench
     from . import chat as cli_chat
     from . import convert as cli_engine
     from . import distributed as cli_distributed
@@ -50,7 +51,15 @@ def _register() -> None:
     from . import serve as cli_serve
     from . import tools as cli_tools
 
-    for module in (cli_engine, cli_chat, cli_models, cli_distributed, cli_serve, cli_tools):
+    for module in (
+        cli_engine,
+        cli_chat,
+        cli_models,
+        cli_distributed,
+        cli_serve,
+        cli_tools,
+        cli_bench,
+    ):
         module.register(app)
 
 

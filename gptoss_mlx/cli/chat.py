@@ -166,7 +166,9 @@ def chat_cmd(
         path = model_dir or model_path(
             settings.model, yes=settings.yes, interactive=sys.stdin.isatty()
         )
-        session = open_session(settings, path)
+        session = open_session(
+            settings, path, on_warning=lambda text: print(f"warning: {text}", file=sys.stderr)
+        )
     note_slow_start()
     saver = chatstore.Autosaver()
     if record is not None:

@@ -102,9 +102,14 @@ def _convert_after_download(repo: str, src: Path, dst: Path, *, yes: bool) -> No
             print(f"kept {dst}")
             return
     from ..hub.convert import convert
+    from ..model.memory import default_rest_layout
 
+    rest = default_rest_layout(src)
+    if rest == "q8":
+        print("the GPU working set is small for this model: converting the non-expert weights "
+              "to 8 bits (gptoss convert --rest bf16 keeps them bf16)", file=sys.stderr)  # fmt: skip
     with ConvertBar(sys.stderr.isatty()) as bar:
-        report = convert(src, dst, force=dst.exists(), progress=bar)
+        report = convert(src, dst, rest=rest, force=dst.exists(), progress=bar)
     print(report.summary(), file=sys.stderr)
     print(f"converted {repo} to {report.dst}")
 

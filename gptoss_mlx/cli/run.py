@@ -194,7 +194,13 @@ def run_cmd(
     with dist_control.peer_errors():
         interactive = group is None and sys.stdin.isatty() and sys.stderr.isatty()
         path = model_path(settings.model, yes=settings.yes, interactive=interactive)
-        session = open_session(settings, path, for_prompt_only=show_prompt, strategy=strategy)
+        session = open_session(
+            settings,
+            path,
+            for_prompt_only=show_prompt,
+            strategy=strategy,
+            on_warning=lambda text: print(f"warning: {text}", file=sys.stderr),
+        )
         if session.distributed_note and group is not None and group.rank() == 0:
             print(f"gptoss: {session.distributed_note}", file=sys.stderr)
         note_slow_start()

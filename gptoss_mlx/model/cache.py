@@ -2,7 +2,8 @@
 
 - FullKVCache: full-attention layers; grows in steps, a snapshot is just the offset.
 - WindowKVCache: sliding-window layers; keeps only the last `window - 1` keys (all a future
-  query can see), so its memory never grows with the conversation. A snapshot keeps the arrays.
+  query can see), so its memory never grows with the conversation. A snapshot keeps the arrays
+  (compact: at most `window - 1` positions each).
 """
 
 from __future__ import annotations
@@ -94,6 +95,10 @@ class WindowKVCache:
         start = max(0, n - self.keep)
         self.keys = k[..., start:, :]
         self.values = v[..., start:, :]
+        if start > 0 and n > self.window:
+            # After a multi-token update a view would pin the whole `keep + L` buffer (in the
+            # cache and in every snapshot of it): keep a compact copy of the window instead.
+            self.keys, self.values = mx.contiguous(self.keys), mx.contiguous(self.values)
         return k, v
 
     @property

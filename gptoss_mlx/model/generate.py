@@ -12,9 +12,10 @@ from dataclasses import asdict, dataclass, field
 
 import mlx.core as mx
 
-from .cache import cache_offset
+from ..backend.device import prefill_chunk, wired_limit
+from .cache import cache_offset, restore, snapshot
 
-PREFILL_CHUNK = 512
+CLEAR_CACHE_EVERY = 256  # decode tokens between returns of MLX's buffer cache (as mlx-lm)
 
 
 @dataclass
@@ -65,12 +66,14 @@ def prefill(
     model,
     tokens: Sequence[int],
     cache: list,
-    chunk: int = PREFILL_CHUNK,
+    chunk: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> mx.array:
-    """Run `tokens` through the model into `cache`; return the last position's logits [1, V]."""
+    """Run `tokens` through the model into `cache` in chunks of `chunk` tokens (default: this
+    device's, device.prefill_chunk()); return the last position's logits [1, V]."""
     if not tokens:
         raise ValueError("nothing to prefill")
+    chunk = chunk or prefill_chunk()
     done = 0
     logits = None
     while done < len(tokens):
@@ -80,6 +83,7 @@ def prefill(
         if done < len(tokens):
             # Materialise the cache chunk by chunk so memory stays bounded by one chunk.
             mx.eval([a for c in cache for a in c.state_arrays()])
+            mx.clear_cache()  # the chunk's temporaries: keep the footprint at weights + KV
         if progress is not None:
             mx.eval(logits)
             progress(done, len(tokens))
@@ -117,51 +121,19 @@ def generate(
     stats.prefilled_tokens = len(new_tokens)
     fed = fed if fed is not None else []
     t0 = time.perf_counter()
-
-    def step(token: mx.array) -> mx.array:
-        logits = model(token.reshape(1, 1), cache, last_only=True)
-        return sampler(logits[:, -1, :])
-
     try:
-        if new_tokens:
-            logits = prefill(model, new_tokens, cache, progress=progress)
-            fed.extend(new_tokens)
-            if on_prefilled is not None:
-                on_prefilled(logits)
-        elif first_logits is not None:
-            logits = first_logits
-        else:
-            raise ValueError("no prompt tokens to run and no logits to start from")
-        y = sampler(logits)
-        mx.async_eval(y)
-        t_first = None
-        n = 0
-        while True:
-            token = int(y.item())
-            if t_first is None:
-                t_first = time.perf_counter()
-                stats.time_to_first_token = t_first - t0
-                stats.prefill_seconds = stats.time_to_first_token
-            n += 1
-            stats.generated_tokens = n
-            if token in stop_tokens:
-                stats.finish_reason = stop_tokens[token]
-                yield token
-                break
-            if cache_offset(cache) + 1 > context_limit:
-                stats.finish_reason = "context_full"
-                yield token
-                break
-            if n >= max_tokens:
-                stats.finish_reason = "length"
-                yield token
-                break
-            # Build and start the next step before handing this token out (pipelined decode).
-            next_y = step(y)
-            fed.append(token)
-            mx.async_eval(next_y)
-            yield token
-            y = next_y
+        with wired_limit():
+            if new_tokens:
+                logits = prefill(model, new_tokens, cache, progress=progress)
+                fed.extend(new_tokens)
+                if on_prefilled is not None:
+                    on_prefilled(logits)
+            elif first_logits is not None:
+                logits = first_logits
+            else:
+                raise ValueError("no prompt tokens to run and no logits to start from")
+            limits = (max_tokens, stop_tokens, context_limit)
+            yield from _decode(model, cache, sampler, logits, limits, fed, stats, t0)
     except KeyboardInterrupt:
         stats.finish_reason = "interrupted"
         raise
@@ -172,3 +144,85 @@ def generate(
         if stats.time_to_first_token:
             stats.decode_seconds = time.perf_counter() - t0 - stats.time_to_first_token
         stats.peak_memory_bytes = peak_memory()
+
+
+def _decode(
+    model,
+    cache: list,
+    sampler: Callable[[mx.array], mx.array],
+    logits: mx.array,
+    limits: tuple[int, dict[int, str], int],
+    fed: list[int],
+    stats: GenerationStats,
+    t0: float,
+) -> Iterator[int]:
+    """The decode loop of `generate`, pipelined: step n+1 (feeding token n) is queued before token
+    n is read, so the device never waits for Python to build a graph; if token n ends the reply
+    (or the wait is interrupted) the queued step is taken back out of the caches."""
+    max_tokens, stop_tokens, context_limit = limits
+
+    def step(token: mx.array) -> mx.array:
+        return sampler(model(token.reshape(1, 1), cache, last_only=True)[:, -1, :])
+
+    y = sampler(logits)
+    mx.async_eval(y)
+    pending: _Pending | None = None  # a queued step whose input token is not yet read
+    n = 0
+    try:
+        while True:
+            n += 1
+            room = cache_offset(cache) + 1 <= context_limit
+            if room and n < max_tokens:
+                pending = _Pending(snapshot(cache), mx.random.state[0])
+                next_y = step(y)
+                mx.async_eval(next_y)
+            token = read_token(y)
+            if n == 1:
+                stats.time_to_first_token = time.perf_counter() - t0
+                stats.prefill_seconds = stats.time_to_first_token
+            stats.generated_tokens = n
+            reason = _finish_reason(token, stop_tokens, room, n, max_tokens)
+            if reason:
+                _undo(cache, pending)
+                pending = None
+                stats.finish_reason = reason
+                yield token
+                return
+            fed.append(token)
+            pending = None
+            if n == 1 or n % CLEAR_CACHE_EVERY == 0:
+                mx.clear_cache()
+            yield token
+            y = next_y
+    finally:
+        _undo(cache, pending)
+
+
+def read_token(y: mx.array) -> int:
+    """Wait for a sampled token (the one host sync a decode step makes)."""
+    return int(y.item())
+
+
+@dataclass(frozen=True)
+class _Pending:
+    states: list
+    random_key: mx.array
+
+
+def _finish_reason(
+    token: int, stop_tokens: dict[int, str], room: bool, n: int, max_tokens: int
+) -> str:
+    if token in stop_tokens:
+        return stop_tokens[token]
+    if not room:
+        return "context_full"
+    return "length" if n >= max_tokens else ""
+
+
+def _undo(cache: list, pending: _Pending | None) -> None:
+    """Take a queued step back out of the caches, and give back the random key it drew."""
+    if pending is None:
+        return
+    restore(cache, pending.states)
+    hi, lo = pending.random_key.tolist()
+    mx.random.seed((hi << 32) | lo)

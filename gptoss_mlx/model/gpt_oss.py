@@ -14,6 +14,7 @@ BLAS on the same weights, float32 arithmetic); device.py decides, `Model.set_fas
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
@@ -126,8 +127,10 @@ class Attention(nn.Module):
         return self._proj(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
-@mx.compile
-def _swiglu(gate: mx.array, up: mx.array, alpha: mx.array, limit: mx.array) -> mx.array:
+# Shapeless (as mlx-lm): elementwise, so one trace serves every prefill length; the float
+# constants are baked in rather than made into arrays on every call.
+@partial(mx.compile, shapeless=True)
+def _swiglu(gate: mx.array, up: mx.array, alpha: float, limit: float) -> mx.array:
     gate = mx.minimum(gate, limit)
     up = mx.clip(up, -limit, limit)
     return (up + 1) * (gate * mx.sigmoid(alpha * gate))
@@ -201,11 +204,9 @@ class Experts(nn.Module):
             inv = mx.argsort(order)
             x = x.flatten(0, -3)[order // indices.shape[-1]]
             idx = flat[order]
-        alpha = mx.array(self._alpha, dtype=x.dtype)
-        limit = mx.array(self._limit, dtype=x.dtype)
         g = self.gate_proj(x, idx, sorted_indices=do_sort)
         u = self.up_proj(x, idx, sorted_indices=do_sort)
-        y = self.down_proj(_swiglu(g, u, alpha, limit), idx, sorted_indices=do_sort)
+        y = self.down_proj(_swiglu(g, u, self._alpha, self._limit), idx, sorted_indices=do_sort)
         if do_sort:
             y = y[inv].reshape(*indices.shape, 1, -1)
         return y.squeeze(-2)
@@ -283,9 +284,11 @@ class Model(nn.Module):
 
     def set_fast_path(self, enabled: bool | None) -> None:
         """None: as device.py decides for this device and dtype (the default); False: plain MLX
-        everywhere (the reference path); True: the CPU fast path (ValueError if unavailable)."""
+        everywhere (the reference path); True: the CPU fast path (ValueError if unavailable).
+        Takes effect at once, also for layers called directly."""
         self._fast_setting = enabled
         self._fast_decided = None
+        self._decide_fast_path()
 
     def fast_path(self) -> tuple[bool, str]:
         """Whether the CPU fast path is used, and why."""
@@ -340,9 +343,12 @@ class Model(nn.Module):
                     masks[kind] = "causal" if L > 1 else None
                 else:
                     cached = c.cached_len if c is not None else 0
-                    masks[kind] = (
-                        None if (L == 1 and cached < window) else _window_mask(L, cached, window)
-                    )
+                    if L == 1 and cached < window:
+                        masks[kind] = None
+                    elif cached + L <= window:  # every key is inside the window (as mlx-lm)
+                        masks[kind] = "causal"
+                    else:
+                        masks[kind] = _window_mask(L, cached, window)
             x = layer(x, masks[kind], c)
         return self.model.norm(x)
 

@@ -25,19 +25,24 @@ import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..backend.device import PREFILL_CHUNK_CPU, PREFILL_CHUNK_METAL
 from ..errors import NotEnoughMemoryError
 from ..paths import model_name
 from ..units import MiB, human_bytes, parse_bytes
 from .config import ModelConfig
 
-PREFILL_CHUNK = 512  # tokens per prefill step; generate.PREFILL_CHUNK
 KV_STEP = 256  # a full-attention cache grows by this many tokens at a time (cache.FullKVCache.step)
 RUNTIME_MARGIN = 512 * MiB  # MLX runtime, Python, the tokenizer
 ACTIVATION_SAFETY = 1.5
 MIN_USEFUL_CONTEXT = 1024
+# On Metal a model past the GPU working-set limit still runs (macOS pages what is not wired),
+# as with mlx-lm; it is refused only past physical RAM less this reserve for macOS itself.
+METAL_RESERVE_MIN = 1536 * MiB
+AUTO_CONTEXT_ON_METAL = 8192  # below this the working set is too small: use the run limit
+WORKING_SET = "GPU working-set limit"
 FLOAT_DTYPES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
 # 20b, for suggesting it when 120b does not fit: download size of its weights, config defaults.
 WEIGHTS_20B = 13_762_000_000
@@ -50,6 +55,7 @@ class MemoryEstimate:
     overhead: int
     context: int
     dtype_bytes: int
+    warning: str = ""  # set when it runs past the GPU working-set limit (what to do about it)
 
     @property
     def total(self) -> int:
@@ -172,8 +178,27 @@ def available_memory() -> MemoryBudget:
         return MemoryBudget(parse_bytes(env), "GPTOSS_MEMORY_LIMIT_BYTES")
     ws = metal_working_set_bytes()
     if ws:
-        return MemoryBudget(ws, "GPU working-set limit")
+        return MemoryBudget(ws, WORKING_SET)
     return MemoryBudget(available_ram_bytes(), "available RAM")
+
+
+def metal_reserve_bytes(total: int) -> int:
+    """RAM left to macOS when a model runs past the GPU working-set limit."""
+    return max(METAL_RESERVE_MIN, total // 10)
+
+
+def run_limit(budget: MemoryBudget) -> int:
+    """The most a model may need and still run: past the GPU working-set limit, physical RAM less
+    the reserve (with a warning); elsewhere the budget itself."""
+    if budget.source != WORKING_SET:
+        return budget.bytes
+    total = total_memory_bytes()
+    return max(budget.bytes, total - metal_reserve_bytes(total))
+
+
+def wired_limit_hint(need: int) -> str:
+    """The sysctl that raises the GPU working-set limit to `need` bytes."""
+    return f"sudo sysctl iogpu.wired_limit_mb={math.ceil(need / MiB)}"
 
 
 # -- the estimate ----------------------------------------------------------------------------------
@@ -215,9 +240,11 @@ def activation_bytes(
     dtype_bytes: int,
     *,
     fused_attention: bool,
-    chunk: int = PREFILL_CHUNK,
+    chunk: int | None = None,
 ) -> int:
-    """Peak temporaries while prefilling one chunk at `context` (without the runtime margin)."""
+    """Peak temporaries while prefilling one chunk at `context` (without the runtime margin).
+    The chunk defaults to what generate.prefill uses where attention is fused (Metal) or not."""
+    chunk = chunk or (PREFILL_CHUNK_METAL if fused_attention else PREFILL_CHUNK_CPU)
     h, i, k = cfg.hidden_size, cfg.intermediate_size, cfg.num_experts_per_tok
     q = cfg.num_attention_heads * cfg.head_dim
     kv = cfg.num_key_value_heads * cfg.head_dim
@@ -290,9 +317,17 @@ def largest_context_that_fits(
     available: int | None = None,
     fused_attention: bool | None = None,
 ) -> int | None:
-    """The longest context (a multiple of 256 when above it) that fits the budget; None if none does."""
-    budget = available if available is not None else available_memory().bytes
-    return Estimator(Path(model_dir), dtype_bytes, fused_attention).largest_context(budget)
+    """The longest context (a multiple of 256 when above it) that fits the budget; None if none does.
+    On Metal, when the GPU working set holds less than AUTO_CONTEXT_ON_METAL tokens, the longest
+    that runs within physical RAM less the reserve (check_memory then warns)."""
+    est = Estimator(Path(model_dir), dtype_bytes, fused_attention)
+    if available is not None:
+        return est.largest_context(available)
+    budget = available_memory()
+    fits = est.largest_context(budget.bytes)
+    if budget.source == WORKING_SET and (fits or 0) < AUTO_CONTEXT_ON_METAL:
+        fits = est.largest_context(run_limit(budget)) or fits
+    return fits
 
 
 def _fits_20b(context: int, dtype_bytes: int, budget: int, fused: bool, keep_dense: bool) -> bool:
@@ -337,26 +372,49 @@ def check_memory(
     if force or need.total <= budget.bytes:
         return need
 
-    cfg = est.cfg
     name = model_name(Path(model_dir))
+    limit = run_limit(budget)
+    if need.total <= limit:
+        return replace(need, warning=_past_working_set(name, need, budget))
+    cfg = est.cfg
     options = []
-    largest = est.largest_context(budget.bytes)
+    largest = est.largest_context(limit)
     if largest is not None and largest >= min(MIN_USEFUL_CONTEXT, context):
         options.append(f"use --context {largest}")
+    # 20b is worth suggesting if it runs with a useful context (the user can lower --context).
     if cfg.num_hidden_layers > 24 and _fits_20b(
-        context, dtype_bytes, budget.bytes, est.fused, est.keep_dense_stored
+        min(context, AUTO_CONTEXT_ON_METAL), dtype_bytes, limit, est.fused, est.keep_dense_stored
     ):
         options.append("use the 20b model (-m 20b)")
-    if budget.source == "GPU working-set limit":
-        total = total_memory_bytes()
-        want_mb = math.ceil(need.total / MiB) + 1024
-        if want_mb <= suggested_wired_limit_mb(total):
-            options.append(
-                f"raise the GPU memory limit: sudo sysctl iogpu.wired_limit_mb={want_mb}"
-            )
     options.append("pass --force to try anyway")
     raise NotEnoughMemoryError(
         f"{name} needs about {human_bytes(need.total)} at {context} tokens of context "
         f"(weights {human_bytes(need.weights)}, KV cache {human_bytes(need.kv_cache)}) but "
-        f"{human_bytes(budget.bytes)} is available ({budget.source}); " + ", or ".join(options)
+        f"{human_bytes(limit)} is available ({_source(budget, limit)}); " + ", or ".join(options)
     )
+
+
+def _source(budget: MemoryBudget, limit: int) -> str:
+    if limit == budget.bytes:
+        return budget.source
+    return f"physical RAM less {human_bytes(total_memory_bytes() - limit)} kept for macOS"
+
+
+def _past_working_set(name: str, need: MemoryEstimate, budget: MemoryBudget) -> str:
+    return (
+        f"{name} needs about {human_bytes(need.total)} at {need.context} tokens of context, more "
+        f"than the {human_bytes(budget.bytes)} GPU working-set limit: it runs, but macOS may page "
+        f"it and decoding can be slow; to make it fit: {wired_limit_hint(need.total)}"
+    )
+
+
+def default_rest_layout(model_dir: Path) -> str:
+    """The non-expert weights' layout `download --convert` writes on this machine: "q8" on a Mac
+    whose GPU working set cannot hold the model with bf16 ones at 8k context (8-bit reads and holds
+    about 30 % fewer bytes a token, but measurably changes replies: README, Apple Silicon), else
+    "bf16" (on the CPU our kernels read bf16 directly)."""
+    budget = available_memory()
+    if budget.source != WORKING_SET:
+        return "bf16"
+    need = Estimator(Path(model_dir), 2, fused_attention=True).at(AUTO_CONTEXT_ON_METAL)
+    return "q8" if need.total > budget.bytes else "bf16"

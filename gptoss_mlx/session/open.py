@@ -5,6 +5,7 @@ Shared by `gptoss run` and `gptoss chat`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ def open_session(
     *,
     for_prompt_only: bool = False,
     strategy: str = "auto",
+    on_warning: Callable[[str], None] | None = None,
 ) -> Any:
     """A ChatSession on the model at `path` (resolved by the caller: see cli/resolve.py). Under
     `mlx.launch` each rank loads its share of the model (`strategy`: tensor, pipeline or auto)."""
@@ -76,7 +78,9 @@ def open_session(
                 # Not asked for: the longest context that fits this machine (all of it on a big Mac).
                 fits = largest_context_that_fits(path, dtype_bytes=dtype_bytes)
                 context = min(max_ctx, fits) if fits and fits >= 1024 else max_ctx
-            check_memory(path, context, dtype_bytes=dtype_bytes, force=settings.force)
+            est = check_memory(path, context, dtype_bytes=dtype_bytes, force=settings.force)
+            if est.warning and on_warning is not None:
+                on_warning(est.warning)  # past the GPU working set: runs, may page
             model = load_model(path, dtype=dtype)
             if settings.seed is not None:
                 mx.random.seed(settings.seed)
