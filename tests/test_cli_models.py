@@ -180,7 +180,7 @@ def test_doctor_says_which_compute_path_is_active_and_why(home):
 
 
 def test_doctor_rows(home, monkeypatch):
-    from gptoss_mlx.cli.models import Check, doctor_checks
+    from gptoss_mlx.cli.doctor import Check, doctor_checks
 
     for k, v in cli_env(home).items():
         monkeypatch.setenv(k, v)

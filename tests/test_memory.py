@@ -54,8 +54,8 @@ def test_constants_follow_the_code_they_describe(tiny_checkpoint):
     assert device.prefill_chunk(metal=True) == memory.PREFILL_CHUNK_METAL == 2048
     cfg = ModelConfig.from_dir(tiny_checkpoint)
     for fused, chunk in ((False, 512), (True, 2048)):
-        assert memory.activation_bytes(cfg, 8192, 2, fused_attention=fused) == (
-            memory.activation_bytes(cfg, 8192, 2, fused_attention=fused, chunk=chunk)
+        assert memory.prefill_temporaries_bytes(cfg, 8192, 2, fused_attention=fused) == (
+            memory.prefill_temporaries_bytes(cfg, 8192, 2, fused_attention=fused, chunk=chunk)
         )
 
 
@@ -120,7 +120,7 @@ def test_activation_margin_covers_the_measured_peak(loaded, loaded_plain, tiny_c
     fused, chunk = device_info().metal, prefill_chunk()
     mx.eval(prefill(model, tokens(n), cache, chunk=chunk))
     measured = mx.get_peak_memory() - base - sum(c.allocated_bytes for c in cache)
-    est = memory.activation_bytes(cfg, n, 4, fused_attention=fused, chunk=chunk)
+    est = memory.prefill_temporaries_bytes(cfg, n, 4, fused_attention=fused, chunk=chunk)
     assert measured <= est
     assert est <= 4 * measured, "an estimate this loose would refuse models that fit"
 

@@ -115,7 +115,7 @@ def default_dtype() -> str:
     return device_info().default_dtype
 
 
-def activation_bytes(dtype: str) -> int:
+def dtype_nbytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
 
 

@@ -102,14 +102,6 @@ def infer_quant(
     return {"group_size": group_size, "bits": bits, "mode": modes[(bits, group_size)]}
 
 
-def expert_paths(n_layers: int) -> list[str]:
-    return [
-        f"model.layers.{i}.mlp.experts.{p}_proj"
-        for i in range(n_layers)
-        for p in ("gate", "up", "down")
-    ]
-
-
 # Dense matmul weights the CPU fast path reads as stored (bf16) with float32 arithmetic.
 DENSE_MATMULS = ("q_proj", "k_proj", "v_proj", "o_proj", "lm_head")
 

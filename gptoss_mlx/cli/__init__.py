@@ -47,6 +47,7 @@ def _register() -> None:
     from . import chat as cli_chat
     from . import convert as cli_engine
     from . import distributed as cli_distributed
+    from . import doctor as cli_doctor
     from . import models as cli_models
     from . import serve as cli_serve
     from . import tools as cli_tools
@@ -55,6 +56,7 @@ def _register() -> None:
         cli_engine,
         cli_chat,
         cli_models,
+        cli_doctor,
         cli_distributed,
         cli_serve,
         cli_tools,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .models import Check, doctor_checks
+from .doctor import Check, doctor_checks
 
 HostfileOpt = Annotated[
     Path | None,

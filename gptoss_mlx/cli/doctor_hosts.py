@@ -253,7 +253,7 @@ def selftest(model: str, strategy: str, prompt_len: int = 2100, new: int = 8) ->
 
 def _reference(path: Path, group: Any, prompt: list[int], new: int) -> tuple[list[int] | None, str]:
     """Rank 0's single-process greedy tokens if the model fits there (the others wait)."""
-    from ..backend.device import activation_bytes, default_dtype
+    from ..backend.device import default_dtype, dtype_nbytes
     from ..backend.distributed import barrier, share_object
     from ..errors import NotEnoughMemoryError
     from ..model.loader import load_model
@@ -262,7 +262,7 @@ def _reference(path: Path, group: Any, prompt: list[int], new: int) -> tuple[lis
     tokens = None
     if group.rank() == 0:
         try:
-            check_memory(path, len(prompt) + new, dtype_bytes=activation_bytes(default_dtype()))
+            check_memory(path, len(prompt) + new, dtype_bytes=dtype_nbytes(default_dtype()))
             model = load_model(path)
             model.set_fast_path(False)
             tokens = greedy(model, prompt, new)

@@ -210,15 +210,15 @@ def call_cmd(
 
 def check_sandbox() -> list[Any]:
     """The `gptoss doctor` row: which python sandbox `--python` would use."""
-    from .models import Check
+    from .doctor import Check
 
     mode, line = _sandbox()
     return [Check("python sandbox", "warn" if mode == "none" else "ok", line)]
 
 
 def register(app: typer.Typer) -> None:
-    from . import models as cli_models
+    from . import doctor as cli_doctor
 
     app.add_typer(tools_app, name="tools")
-    if check_sandbox not in cli_models.DOCTOR_CHECKS:
-        cli_models.DOCTOR_CHECKS.append(check_sandbox)
+    if check_sandbox not in cli_doctor.DOCTOR_CHECKS:
+        cli_doctor.DOCTOR_CHECKS.append(check_sandbox)

@@ -21,6 +21,7 @@ from pathlib import Path
 from .. import paths
 from ..errors import BadCheckpointError, UserError
 from ..fsutil import atomic_write_bytes
+from .tokens import NAMED_SPECIALS
 
 O200K_PATTERN = "|".join(
     [
@@ -38,24 +39,12 @@ O200K_BASE_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cf
 O200K_BASE_VOCAB = 199_998
 TIKTOKEN_FILE = "o200k_base.tiktoken"
 
-_NAMED_SPECIALS = {
-    "<|startoftext|>": 199998,
-    "<|endoftext|>": 199999,
-    "<|return|>": 200002,
-    "<|constrain|>": 200003,
-    "<|channel|>": 200005,
-    "<|start|>": 200006,
-    "<|end|>": 200007,
-    "<|message|>": 200008,
-    "<|call|>": 200012,
-    "<|endofprompt|>": 200018,
-}
-_NAMED_IDS = set(_NAMED_SPECIALS.values())
+_NAMED_IDS = set(NAMED_SPECIALS.values())
 # As in openai/gpt-oss-20b's tokenizer.json: every id 199998..201087 is a special token.
 HARMONY_SPECIAL_TOKENS: dict[str, int] = dict(
     sorted(
         {
-            **_NAMED_SPECIALS,
+            **NAMED_SPECIALS,
             **{f"<|reserved_{i}|>": i for i in range(199998, 201088) if i not in _NAMED_IDS},
         }.items(),
         key=lambda kv: kv[1],
@@ -312,7 +301,7 @@ class Tokenizer:
         self._specials: dict[str, int] = {
             t.content: i for i, t in self._tok.get_added_tokens_decoder().items() if t.special
         }
-        missing = [s for s in _NAMED_SPECIALS if self._specials.get(s) != _NAMED_SPECIALS[s]]
+        missing = [s for s in NAMED_SPECIALS if self._specials.get(s) != NAMED_SPECIALS[s]]
         if missing:
             raise BadCheckpointError(f"{self.path} lacks harmony special tokens {missing}")
         self._special_ids = frozenset(self._specials.values())

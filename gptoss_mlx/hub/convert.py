@@ -230,6 +230,39 @@ def _disk_check(dst: Path, estimate: int) -> None:
         )
 
 
+def _check_choices(experts: str, rest: str, group_size: int) -> None:
+    if experts not in ("mxfp4", "q4"):
+        raise UserError(f"--experts must be mxfp4 or q4, not {experts!r}")
+    if rest not in ("bf16", "q8"):
+        raise UserError(f"--rest must be bf16 or q8, not {rest!r}")
+    if group_size not in (32, 64):
+        raise UserError(f"--group-size must be 32 or 64, not {group_size}")
+
+
+def _finish(
+    report: ConvertReport,
+    tmp: Path,
+    src: Path,
+    cfg: ModelConfig,
+    conv: _Converter,
+    files: list[Path],
+    group_size: int,
+) -> None:
+    """Config, tokenizer files and the report's figures, once every tensor is written."""
+    report.bytes_written = sum(f.stat().st_size for f in files)
+    report.tensors = len(
+        json.loads((tmp / "model.safetensors.index.json").read_text())["weight_map"]
+    )
+    cfg_out = output_config(cfg.raw, report.experts, group_size, conv.quantized)
+    (tmp / "config.json").write_text(json.dumps(cfg_out, indent=2) + "\n")
+    for name in COPY_FILES:
+        if (src / name).exists():
+            shutil.copy2(src / name, tmp / name)
+    if report.experts == "q4" and conv.ref_sq > 0:
+        report.q4_rel_rms_error = (conv.err_sq / conv.ref_sq) ** 0.5
+        report.q4_max_abs_error = conv.max_abs
+
+
 def convert(
     src: Path | str,
     dst: Path | str,
@@ -243,12 +276,7 @@ def convert(
     max_shard_bytes: int = 5 * 2**30,
 ) -> ConvertReport:
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    if experts not in ("mxfp4", "q4"):
-        raise UserError(f"--experts must be mxfp4 or q4, not {experts!r}")
-    if rest not in ("bf16", "q8"):
-        raise UserError(f"--rest must be bf16 or q8, not {rest!r}")
-    if group_size not in (32, 64):
-        raise UserError(f"--group-size must be 32 or 64, not {group_size}")
+    _check_choices(experts, rest, group_size)
     cfg = ModelConfig.from_dir(src)
     if cfg.format == MLX:
         raise UserError(f"{src} is already in MLX format; load it directly (gptoss run -m {src})")
@@ -279,18 +307,7 @@ def convert(
             except BaseException:
                 writer.abort()
                 raise
-            report.bytes_written = sum(f.stat().st_size for f in files)
-            report.tensors = len(
-                json.loads((tmp / "model.safetensors.index.json").read_text())["weight_map"]
-            )
-            cfg_out = output_config(cfg.raw, experts, group_size, conv.quantized)
-            (tmp / "config.json").write_text(json.dumps(cfg_out, indent=2) + "\n")
-            for name in COPY_FILES:
-                if (src / name).exists():
-                    shutil.copy2(src / name, tmp / name)
-            if experts == "q4" and conv.ref_sq > 0:
-                report.q4_rel_rms_error = (conv.err_sq / conv.ref_sq) ** 0.5
-                report.q4_max_abs_error = conv.max_abs
+            _finish(report, tmp, src, cfg, conv, files, group_size)
             if verify:
                 report.verify = verify_conversion(
                     src, tmp, lossless=(experts == "mxfp4" and rest == "bf16")

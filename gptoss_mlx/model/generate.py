@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import mlx.core as mx
 
@@ -45,14 +45,6 @@ class GenerationStats:
         d["prefill_tps"] = round(self.prefill_tps, 2)
         d["decode_tps"] = round(self.decode_tps, 2)
         return d
-
-
-@dataclass
-class Generation:
-    """One reply being generated; iterate to get token ids; `stats` fills in as it goes."""
-
-    tokens: list[int] = field(default_factory=list)
-    stats: GenerationStats = field(default_factory=GenerationStats)
 
 
 def peak_memory() -> int:

@@ -234,7 +234,7 @@ def kv_cache_bytes(cfg: ModelConfig, context: int, dtype_bytes: int) -> int:
     )
 
 
-def activation_bytes(
+def prefill_temporaries_bytes(
     cfg: ModelConfig,
     context: int,
     dtype_bytes: int,
@@ -285,7 +285,7 @@ class Estimator:
 
     def at(self, context: int) -> MemoryEstimate:
         kv = kv_cache_bytes(self.cfg, context, self.dtype_bytes)
-        over = RUNTIME_MARGIN + activation_bytes(
+        over = RUNTIME_MARGIN + prefill_temporaries_bytes(
             self.cfg, context, self.dtype_bytes, fused_attention=self.fused
         )
         return MemoryEstimate(self.weights, kv, over, context, self.dtype_bytes)
@@ -348,7 +348,7 @@ def _fits_20b(context: int, dtype_bytes: int, budget: int, fused: bool, keep_den
         + cast * (dtype_bytes - 2)
         + kv_cache_bytes(cfg, context, dtype_bytes)
         + RUNTIME_MARGIN
-        + activation_bytes(cfg, context, dtype_bytes, fused_attention=fused)
+        + prefill_temporaries_bytes(cfg, context, dtype_bytes, fused_attention=fused)
     )
     return need <= budget
 

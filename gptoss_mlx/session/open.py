@@ -61,13 +61,13 @@ def open_session(
     else:
         import mlx.core as mx
 
-        from ..backend.device import activation_bytes, default_dtype
+        from ..backend.device import default_dtype, dtype_nbytes
         from ..backend.distributed import current_group
         from ..model.loader import load_model
         from ..model.memory import check_memory, largest_context_that_fits
 
         dtype = settings.dtype or default_dtype()
-        dtype_bytes = activation_bytes(dtype)
+        dtype_bytes = dtype_nbytes(dtype)
         context = settings.context
         group = current_group()
         if group is not None:
