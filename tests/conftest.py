@@ -6,8 +6,10 @@ import fcntl
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,44 @@ def harmony_encodings_env(tiny_checkpoint: Path) -> Iterator[Path]:
 
 
 from .fixtures_harmony import harmony_model  # noqa: E402,F401  (the tiny harmony-speaking model)
+
+
+def run_gptoss(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | str | None = b"",
+    timeout: float = 300,
+    text: bool = True,
+    python: str = sys.executable,
+    flags: Sequence[str] = (),
+) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess (`python -m gptoss_mlx ARGS`): the one runner the tests share.
+
+    `env` is the whole environment (default: this one, with no user config file read); stdin is
+    closed after `stdin`; output is text unless `text=False` (bytes, for exact byte checks)."""
+    if env is None:
+        env = {**os.environ, "GPTOSS_CONFIG": "/nonexistent/config.toml"}
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    r = subprocess.run(
+        [python, *flags, "-m", "gptoss_mlx", *args],
+        env=dict(env),
+        input=data,
+        capture_output=True,
+        timeout=timeout,
+    )
+    if not text:
+        return r
+    out, err = (b.decode(errors="replace") for b in (r.stdout, r.stderr))
+    return subprocess.CompletedProcess(r.args, r.returncode, out, err)
+
+
+def isolated_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """This environment with the config, data and state dirs under `tmp` (nothing of the user's)."""
+    return {
+        **os.environ,
+        "GPTOSS_CONFIG": "/nonexistent/config.toml",
+        "XDG_CONFIG_HOME": str(tmp / "config"),
+        "XDG_DATA_HOME": str(tmp / "data"),
+        "XDG_STATE_HOME": str(tmp / "state"),
+        **extra,
+    }

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from gptoss_mlx.errors import EXIT_CODES
 
+from .conftest import run_gptoss
 from .hub_server import cli_env
 
 # A message "says what to do" when it holds one of these (the advice part of the line).
@@ -183,16 +183,7 @@ def gptoss(
     args: list[str], env: dict[str, str], stdin: bytes = b"", timeout: float = 60
 ) -> subprocess.CompletedProcess:
     """The real CLI in a subprocess; stdin as bytes (to send what is not UTF-8), output as text."""
-    r = subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-    )
-    return subprocess.CompletedProcess(
-        r.args, r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
-    )
+    return run_gptoss(*args, env=env, stdin=stdin, timeout=timeout)
 
 
 def fault_env(home: Path, **extra: str) -> dict[str, str]:

@@ -36,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .conftest import run_gptoss
+
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
@@ -497,14 +499,7 @@ def cli_env(home: Path, hub: FakeHub | None = None, **extra: str) -> dict[str, s
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 180, input: str | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=input,
-    )
+    return run_gptoss(*args, env=env, stdin=input, timeout=timeout)
 
 
 def popen_cli(args: list[str], env: dict[str, str]):

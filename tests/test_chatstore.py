@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 
 from gptoss_mlx import harmony
 from gptoss_mlx.errors import UserError
 from gptoss_mlx.session import store as chatstore
+
+from .conftest import run_gptoss
 
 
 @pytest.fixture(autouse=True)
@@ -216,13 +217,7 @@ def test_adopt_keeps_only_safe_ids(tmp_path):
 
 
 def gptoss(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    return run_gptoss(*args, env=env, timeout=60)
 
 
 def test_list_and_resume_errors_on_the_command_line(session, tmp_path):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from gptoss_mlx.model import memory
 from gptoss_mlx.model.config import ModelConfig
 from gptoss_mlx.units import human_bytes
 
+from .conftest import run_gptoss
 from .hub_server import FakeHub, cli_env, gpt_oss_decoys, repo_from_dir, run_cli
 
 
@@ -38,11 +37,7 @@ def scratch(home, tmp_path) -> Path:
 
 
 def test_help_does_not_import_mlx_or_huggingface_hub():
-    r = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "gptoss_mlx", "--help"],
-        capture_output=True,
-        text=True,
-    )
+    r = run_gptoss("--help", flags=["-X", "importtime"], stdin=None)
     assert r.returncode == 0
     imported = {
         ln.split("|")[-1].strip() for ln in r.stderr.splitlines() if ln.startswith("import time:")

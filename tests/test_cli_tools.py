@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gptoss_mlx.errors import UserError
 from gptoss_mlx.settings import resolve
+
+from .conftest import isolated_env, run_gptoss
 
 WEATHER = {
     "name": "get_weather",
@@ -21,20 +21,7 @@ WEATHER = {
 
 
 def gptoss(*args: str, tmp: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", *args],
-        input="",
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            "GPTOSS_CONFIG": "/nonexistent/config.toml",
-            "XDG_CONFIG_HOME": str(tmp / "config"),
-            "XDG_DATA_HOME": str(tmp / "data"),
-            **(env or {}),
-        },
-        timeout=120,
-    )
+    return run_gptoss(*args, env=isolated_env(tmp, **(env or {})), timeout=120)
 
 
 def test_tools_list_and_call_with_a_tools_file(tmp_path: Path):

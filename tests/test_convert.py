@@ -16,6 +16,7 @@ import pytest
 from gptoss_mlx import load_model
 from gptoss_mlx.hub.convert import convert
 
+from .conftest import run_gptoss
 from .reference import rel_max_err
 
 TOKENS = [200006, 1428, 200008, 13225, 11, 1495, 382, 261, 1746, 13, 3253, 9, 17, 30, 5, 6, 7, 8, 9]
@@ -211,10 +212,4 @@ def test_full_disk_leaves_nothing_behind(tiny_checkpoint, tmp_path):
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=300,
-    )
+    return run_gptoss(*args, env={**os.environ, **(env or {})}, stdin=None)

@@ -8,7 +8,6 @@ import os
 import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,15 @@ import pytest
 from gptoss_mlx.cli.doctor_hosts import Host, model_fingerprint, read_hostfile
 from gptoss_mlx.errors import UserError
 
+from .conftest import run_gptoss
+
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = {"ssh": "127.0.0.1", "ips": ["127.0.0.1"]}
 
 
 def doctor(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", "doctor", "--json", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO, stdin=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(REPO), "GPTOSS_CONFIG": "/nonexistent/config.toml"},
-    )  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "GPTOSS_CONFIG": "/nonexistent/config.toml"}
+    return run_gptoss("doctor", "--json", *args, env=env, stdin=None, timeout=timeout)
 
 
 def test_hostfile_formats_and_errors(tmp_path):

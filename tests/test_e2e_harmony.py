@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
 from gptoss_mlx import harmony
 from gptoss_mlx.session.open import open_session
 from gptoss_mlx.settings import resolve
+
+from .conftest import run_gptoss
 
 WEATHER = {
     "name": "get_weather",
@@ -25,13 +25,7 @@ WEATHER = {
 
 
 def gptoss(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", *args],
-        input=stdin,
-        capture_output=True,
-        env={**os.environ, "GPTOSS_CONFIG": "/nonexistent/config.toml"},
-        timeout=300,
-    )
+    return run_gptoss(*args, stdin=stdin, text=False)
 
 
 def test_stdout_carries_only_the_final_answer(harmony_model):

@@ -4,9 +4,7 @@ result, in the tool loop, in `gptoss run --python` and in a scripted `gptoss cha
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,8 @@ from gptoss_mlx.session.tool_setup import declare
 from gptoss_mlx.settings import resolve
 from gptoss_mlx.tools.base import Tool, ToolResult
 from scripts.train_tiny_harmony import python_description
+
+from .conftest import isolated_env, run_gptoss
 
 
 class Calculator(Tool):
@@ -67,20 +67,7 @@ needs_python = pytest.mark.skipif(not has_python_tool(), reason="gptoss_mlx.tool
 
 
 def gptoss(*args: str, stdin: bytes = b"", tmp: Path) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "GPTOSS_CONFIG": "/nonexistent/config.toml",
-        "XDG_DATA_HOME": str(tmp / "data"),
-        "XDG_STATE_HOME": str(tmp / "state"),
-        "XDG_CONFIG_HOME": str(tmp / "config"),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", *args],
-        input=stdin,
-        capture_output=True,
-        env=env,
-        timeout=300,
-    )
+    return run_gptoss(*args, env=isolated_env(tmp), stdin=stdin, text=False)
 
 
 @pytest.mark.slow  # two runs of the CLI with the model: about 40 s

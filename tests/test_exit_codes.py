@@ -16,6 +16,8 @@ import pytest
 from gptoss_mlx import errors
 from gptoss_mlx.errors import EXIT_CODES, UsageError
 
+from .conftest import run_gptoss
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "gptoss_mlx"
 
@@ -83,9 +85,7 @@ def test_help_epilogs_list_the_table():
 
 def gptoss(*args: str, python: str = sys.executable) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "GPTOSS_CONFIG": "/nonexistent/config.toml"}
-    return subprocess.run(
-        [python, "-m", "gptoss_mlx", *args], capture_output=True, text=True, env=env, timeout=60
-    )
+    return run_gptoss(*args, env=env, stdin=None, timeout=60, python=python)
 
 
 USAGE = [

@@ -13,17 +13,14 @@ import pytest
 from gptoss_mlx.cli.run import read_prompt
 from gptoss_mlx.errors import UserError
 
+from .conftest import run_gptoss
+
 
 def gptoss(
     *args: str, stdin: bytes | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", *args],
-        input=stdin if stdin is not None else b"",
-        capture_output=True,
-        env={**os.environ, "GPTOSS_CONFIG": "/nonexistent/config.toml", **(env or {})},
-        timeout=300,
-    )
+    env = {**os.environ, "GPTOSS_CONFIG": "/nonexistent/config.toml", **(env or {})}
+    return run_gptoss(*args, env=env, stdin=stdin if stdin is not None else b"", text=False)
 
 
 def test_json_output_has_everything(tiny_checkpoint):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from gptoss_mlx.tools.python import PythonTool
 from gptoss_mlx.tools.sandbox import sandbox_status
 from scripts.train_tiny_harmony import python_description
 
+from .conftest import isolated_env, run_gptoss
 from .scripted_model import ScriptedModel
 from .test_tool_loop import call_to, toks
 
@@ -90,20 +90,7 @@ def test_mcp_auto_approve_needs_no_question(enc, tmp_path: Path):
 
 
 def gptoss(*args: str, tmp: Path) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "GPTOSS_CONFIG": "/nonexistent/config.toml",
-        "XDG_CONFIG_HOME": str(tmp / "config"),
-        "XDG_DATA_HOME": str(tmp / "data"),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "gptoss_mlx", *args],
-        input="",
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    return run_gptoss(*args, env=isolated_env(tmp), timeout=120)
 
 
 def test_gptoss_tools_with_mcp(tmp_path: Path):
