@@ -12,6 +12,7 @@ import typer
 
 from ..errors import INTERRUPTED, ContextFullError, UserError
 from .options import (
+    BrowserOpt,
     ContextOpt,
     DtypeOpt,
     EffortOpt,
@@ -26,6 +27,7 @@ from .options import (
     PythonOpt,
     PythonTimeoutOpt,
     PythonUnsafeOpt,
+    SearchOpt,
     SeedOpt,
     TemperatureOpt,
     ToolsFileOpt,
@@ -167,6 +169,8 @@ def run_cmd(
     python_unsafe: PythonUnsafeOpt = False,
     max_tool_calls: MaxToolCallsOpt = None,
     mcp: McpOpt = None,
+    browser: BrowserOpt = False,
+    search: SearchOpt = None,
     strategy: Annotated[
         str,
         typer.Option(
@@ -179,15 +183,15 @@ def run_cmd(
     from ..backend import distributed as dist_control
     from ..session.open import open_session
     from ..session.store import new_id
-    from ..session.tool_setup import close_tools, open_loop, preflight
+    from ..session.tool_setup import close_tools, offline_note, open_loop, preflight
     from .resolve import model_path
 
     settings = settings_from(locals())
     tools_file = Path(settings.tools) if settings.tools else None
     settings, text, specs, group = _inputs(settings, prompt, tools_file)
-    if group is not None and (settings.python or settings.mcp):
+    if group is not None and (settings.python or settings.mcp or settings.browser):
         raise UserError(
-            "--python and --mcp are not available under mlx.launch yet; "
+            "--python, --browser and --mcp are not available under mlx.launch yet; "
             "run the tools with `gptoss serve --hostfile` and a client instead"
         )
     preflight(settings)
@@ -205,6 +209,8 @@ def run_cmd(
             print(f"gptoss: {session.distributed_note}", file=sys.stderr)
         note_slow_start()
         loop = open_loop(session, settings, specs, chat_id=new_id(), on_status=_status)
+        if offline_note(loop.table):
+            _status(offline_note(loop.table) or "")
         if settings.python_unsafe:  # nobody to ask in a one-shot run: the flag is the consent
             loop.always.add(("python", ""))
         try:

@@ -76,9 +76,10 @@ def chat_loop(session: Any, settings: Any, chat_id: str, on_status: Any) -> Any:
 def run_chat(repl: Any, settings: Any, chat_id: str) -> bool:
     """Run the REPL; `/tools python on` can start python; every tool is closed at the end.
     False when the chat could not be saved (Repl.run)."""
-    from ..session.tool_setup import close_tools, python_tool
+    from ..session.tool_setup import browser_tool, close_tools, python_tool
 
     repl.tools.factories["python"] = lambda: python_tool(settings, chat_id)
+    repl.tools.factories["browser"] = lambda: browser_tool(settings, repl.session.encoding)
     try:
         return repl.run()
     finally:
@@ -216,9 +217,31 @@ def check_sandbox() -> list[Any]:
     return [Check("python sandbox", "warn" if mode == "none" else "ok", line)]
 
 
+def check_search() -> list[Any]:
+    """The `gptoss doctor` row: the search backend `--browser` would use."""
+    from ..session.tool_setup import search_backend
+    from ..tools.browser import is_offline
+    from .models import Check
+
+    try:
+        backend = search_backend(_settings())
+    except UserError as err:
+        return [Check("search backend", "warn", str(err))]
+    if is_offline():
+        return [
+            Check(
+                "search backend",
+                "warn",
+                f"{backend.label}, but offline (GPTOSS_OFFLINE or HF_HUB_OFFLINE)",
+            )
+        ]
+    return [Check("search backend", "ok", f"{backend.label} (--search or GPTOSS_SEARCH to change)")]
+
+
 def register(app: typer.Typer) -> None:
     from . import models as cli_models
 
     app.add_typer(tools_app, name="tools")
-    if check_sandbox not in cli_models.DOCTOR_CHECKS:
-        cli_models.DOCTOR_CHECKS.append(check_sandbox)
+    for check in (check_sandbox, check_search):
+        if check not in cli_models.DOCTOR_CHECKS:
+            cli_models.DOCTOR_CHECKS.append(check)

@@ -51,12 +51,17 @@ class ToolCommands:
         if names:
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             self.repl.renderer.info(f"tools: {shown} (/tools)")
+        from ..session.tool_setup import offline_note
+
+        note = offline_note(self.repl.loop.table)
+        if note:
+            self.repl.renderer.warn(note)
 
     def show(self) -> None:
         table = self.repl.loop.table
         say = self.repl.renderer.say
         if not table.tools and not table.functions and not self.off:
-            say("no tools (start the chat with --python, --mcp FILE or --tools FILE)")
+            say("no tools (start the chat with --python, --browser, --mcp FILE or --tools FILE)")
         for name in table.tools:
             if name != "functions":
                 say(f"  {name:<24} on")
