@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,9 @@ from gptoss_mlx.session.chat import ChatSession, SessionSettings
 from gptoss_mlx.session.tool_loop import ToolLoop
 from gptoss_mlx.session.tool_setup import build_table, declare, offline_note, preflight
 from gptoss_mlx.settings import resolve
-from gptoss_mlx.tools.browser import BrowserTool, DuckDuckGoBackend, SearxngBackend
+from gptoss_mlx.tools.browser import BrowserTool, DuckDuckGoBackend, Fetcher, SearxngBackend
 
+from .browser_web import Web, serve
 from .scripted_model import ScriptedModel
 from .test_tool_loop import toks
 
@@ -129,6 +131,8 @@ def gptoss(*args: str, tmp: Path, **env: str) -> subprocess.CompletedProcess:
         GPTOSS_CONFIG=str(NO_CONFIG),
         XDG_CONFIG_HOME=str(tmp / "config"),
         XDG_DATA_HOME=str(tmp / "data"),
+        HF_HOME=str(tmp / "hf"),  # no model of the user's: the window estimate is expected
+        HF_HUB_CACHE=str(tmp / "hf" / "hub"),
         **env,
     )
     return subprocess.run(
@@ -148,3 +152,51 @@ def test_doctor_shows_the_search_backend(tmp_path: Path):
     r = gptoss("doctor", "--json", tmp=tmp_path, GPTOSS_SEARCH="brave")
     rows = [row for row in json.loads(r.stdout) if row["check"] == "search backend"]
     assert rows[0]["status"] == "warn" and "BRAVE_API_KEY" in rows[0]["detail"]
+
+
+@pytest.fixture(scope="module")
+def web() -> Iterator[Web]:
+    with serve() as web:
+        yield web
+
+
+def in_process(web: Web, enc, calls: list[tuple[str, dict]]) -> list[str]:
+    """What the model would read, from a browser built here (the reference for the CLI)."""
+    tool = BrowserTool(
+        SearxngBackend(web.url("127.0.0.1", "/searxng")),
+        fetcher=Fetcher(allow_private=True),
+        encoding=enc,
+    )
+    return [tool.call(fn, json.dumps(args)).text.rstrip("\n") for fn, args in calls]
+
+
+def test_gptoss_tools_browser_prints_what_the_model_reads(web, enc, tiny_checkpoint, tmp_path):
+    env = {
+        "GPTOSS_BROWSER_ALLOW_PRIVATE": "1",
+        "GPTOSS_SEARXNG_URL": web.url("127.0.0.1", "/searxng"),
+    }
+    model = ("-m", str(tiny_checkpoint))
+    links = web.url("127.0.0.1", "/links.html")
+    notes = web.url("127.0.0.1", "/notes.txt")
+    r = gptoss("tools", "browser", "search", "lists", *model, tmp=tmp_path, **env)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert r.stdout.rstrip("\n") == in_process(web, enc, [("search", {"query": "lists"})])[0]
+    assert "【0†Links and lists†docs.example.org" in r.stdout
+    r = gptoss("tools", "browser", "open", links, "--num-lines", "5", *model, tmp=tmp_path, **env)
+    expected = in_process(web, enc, [("open", {"id": links, "num_lines": 5})])[0]
+    assert r.returncode == 0 and r.stdout.rstrip("\n") == expected
+    assert "**viewing lines [0 - 4] of 17**" in r.stdout
+    r = gptoss("tools", "browser", "find", "ANSWER", "--url", notes, *model, tmp=tmp_path, **env)
+    expected = in_process(web, enc, [("open", {"id": notes}), ("find", {"pattern": "ANSWER"})])
+    assert r.returncode == 0 and r.stdout.rstrip("\n") == expected[1]
+    assert "# 【0†match at L3】" in r.stdout
+
+
+def test_gptoss_tools_browser_errors_are_what_the_model_reads(web, tmp_path):
+    r = gptoss("tools", "browser", "open", web.url("127.0.0.1", "/links.html"), tmp=tmp_path)
+    assert r.returncode == 1 and "private" in r.stdout  # no GPTOSS_BROWSER_ALLOW_PRIVATE
+    assert "estimated" in r.stderr and r.stderr.count("\n") == 1  # no local 20b here
+    r = gptoss("tools", "browser", "open", "file:///etc/passwd", tmp=tmp_path)
+    assert r.returncode == 1 and "only http and https" in r.stdout and "root:" not in r.stdout
+    r = gptoss("tools", "browser", "search", "x", tmp=tmp_path, GPTOSS_OFFLINE="1")
+    assert r.returncode == 1 and "The web is unavailable" in r.stdout

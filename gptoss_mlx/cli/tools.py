@@ -17,7 +17,7 @@ NOTE_CHARS = 2000
 
 tools_app = typer.Typer(
     name="tools",
-    help="See and try the tools the model gets: python, MCP servers, functions.",
+    help="See and try the tools the model gets: python, the browser, MCP servers, functions.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -121,6 +121,9 @@ def list_cmd(
     table = ToolTable([servers] if servers else [], _user_functions(settings.tools))
     try:
         print(f"python\t{_python_line()}")
+        print(
+            "browser\tsearches and reads the web, read-only (--browser; try: gptoss tools browser)"
+        )
         for spec in table.function_specs():
             first = (spec.description or "").strip().splitlines()
             print(f"functions.{spec.name}\t{first[0] if first else ''}")
@@ -240,7 +243,10 @@ def check_search() -> list[Any]:
 
 def register(app: typer.Typer) -> None:
     from . import models as cli_models
+    from .tools_browser import browser_app
 
+    if not any(group.name == "browser" for group in tools_app.registered_groups):
+        tools_app.add_typer(browser_app, name="browser")
     app.add_typer(tools_app, name="tools")
     for check in (check_sandbox, check_search):
         if check not in cli_models.DOCTOR_CHECKS:
