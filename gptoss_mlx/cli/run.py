@@ -36,7 +36,7 @@ from .options import (
     YesOpt,
     settings_from,
 )
-from .tools import tool_note, with_tool_records
+from .tools import citation_stream, tool_note, with_citations, with_tool_records
 
 MAX_STDIN_BYTES = 64 * 2**20
 
@@ -298,6 +298,7 @@ def run_turn(
     err = sys.stderr
     dim = err.isatty() and not os.environ.get("NO_COLOR")
     state = {"final_started": False, "reasoning_open": False}
+    citations = None if as_json else citation_stream(loop, "markdown")
 
     def on_event(ev: Any) -> None:
         if as_json:
@@ -306,7 +307,7 @@ def run_turn(
             if state["reasoning_open"]:
                 err.write("\x1b[0m\n" if dim else "\n")
                 state["reasoning_open"] = False
-            out.write(ev.text)
+            out.write(ev.text if citations is None else citations.feed(ev.text))
             out.flush()
             state["final_started"] = True
         elif isinstance(ev, harmony.ReasoningDelta) and show_reasoning:
@@ -329,10 +330,13 @@ def run_turn(
         result = (loop or session).turn(text, on_event=on_event)
     if state["reasoning_open"]:
         err.write("\x1b[0m\n" if dim else "\n")
+    if citations is not None:
+        out.write(citations.finish())
     if as_json:
         data = result_json(session, result)
         if loop is not None:
             with_tool_records(data, loop)
+            with_citations(data, loop)
         out.write(json.dumps(data, ensure_ascii=False) + "\n")
     else:
         if state["final_started"]:

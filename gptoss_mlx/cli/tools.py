@@ -61,6 +61,28 @@ def with_tool_records(data: dict[str, Any], loop: Any) -> dict[str, Any]:
     return data
 
 
+def citation_stream(loop: Any, style: str) -> Any:
+    """A CitationStream over the loop's browser pages (`markdown` or `footnotes`), or None
+    when the browser is off."""
+    browser = loop.table.tools.get("browser") if loop is not None else None
+    if browser is None:
+        return None
+    from ..tools.browser import CitationStream
+
+    return CitationStream(browser, style=style)
+
+
+def with_citations(data: dict[str, Any], loop: Any) -> dict[str, Any]:
+    """`run --json` with the final answer's citations as Markdown links and `url_citation`
+    annotations (start/end indices into the new `final`)."""
+    browser = loop.table.tools.get("browser") if loop is not None else None
+    if browser is not None:
+        from ..tools.browser import normalize_citations
+
+        data["final"], data["annotations"] = normalize_citations(data["final"], browser)
+    return data
+
+
 # ---- gptoss chat ---------------------------------------------------------------------------------
 
 

@@ -95,6 +95,22 @@ class ToolCommands:
         declare(self.repl.session, table)
         self.repl.renderer.info(f"{name}: {'on' if on else 'off'} (from the next reply)")
 
+    # ---- citations --------------------------------------------------------------------------
+    def citations(self) -> Any:
+        """Footnotes for the browser's `【cursor†Lx-Ly】` in this reply (None: browser off)."""
+        browser = self.repl.loop.table.tools.get("browser")
+        if browser is None:
+            return None
+        from ..tools.browser import CitationStream
+
+        return CitationStream(browser, style="footnotes")
+
+    def footnotes(self, notes: list[Any]) -> None:
+        """`[1] Title - URL` under the answer."""
+        from ..tools.browser import format_footnotes
+
+        self.repl.renderer.say(format_footnotes(notes))
+
     # ---- questions during a turn ------------------------------------------------------------
     def approve(self, tool: Tool, function: str, arguments: str) -> str:
         name = f"{tool.name}.{function}" if function else tool.name
