@@ -25,7 +25,13 @@ from .scripted_model import ScriptedModel
 from .test_tool_loop import toks
 
 NO_CONFIG = Path("/nonexistent/config.toml")
-SEARCH_KEYS = ("GPTOSS_SEARCH", "GPTOSS_SEARXNG_URL", "GPTOSS_BROWSER", "BRAVE_API_KEY")
+SEARCH_KEYS = (
+    "GPTOSS_SEARCH",
+    "GPTOSS_SEARXNG_URL",
+    "GPTOSS_BROWSER",
+    "BRAVE_API_KEY",
+    "EXA_API_KEY",
+)
 
 
 @pytest.fixture
@@ -200,3 +206,17 @@ def test_gptoss_tools_browser_errors_are_what_the_model_reads(web, tmp_path):
     assert r.returncode == 1 and "only http and https" in r.stdout and "root:" not in r.stdout
     r = gptoss("tools", "browser", "search", "x", tmp=tmp_path, GPTOSS_OFFLINE="1")
     assert r.returncode == 1 and "The web is unavailable" in r.stdout
+
+
+def test_run_browser_flag_declares_the_browser(tiny_checkpoint, enc, tmp_path):
+    model = ("-m", str(tiny_checkpoint))
+    r = gptoss("run", "--browser", "--show-prompt", *model, "hi", tmp=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "## browser\n\n// Tool for browsing." in r.stdout
+    r = gptoss("run", "--show-prompt", *model, "hi", tmp=tmp_path, GPTOSS_BROWSER="1")
+    assert "## browser" in r.stdout
+    r = gptoss("run", "--show-prompt", *model, "hi", tmp=tmp_path)
+    assert r.returncode == 0 and "## browser" not in r.stdout
+    r = gptoss("run", "--browser", "--search", "exa", *model, "hi", tmp=tmp_path)
+    assert r.returncode != 0 and r.stderr.count("\n") == 1
+    assert "EXA_API_KEY" in r.stderr and "(search exa from --search)" in r.stderr
