@@ -16,11 +16,13 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import UserError
 from .paths import config_file
 
 EFFORTS = ("low", "medium", "high")
+SEARCH_BACKENDS = ("searxng", "brave", "exa", "duckduckgo")  # tools/browser/backends.py BACKENDS
 
 
 @dataclass
@@ -45,6 +47,9 @@ class Settings:
     max_tool_calls: int = 20
     mcp: str | None = None
     tools: str | None = None
+    browser: bool = False
+    search: str | None = None  # searxng, brave, exa or duckduckgo; None: the first configured
+    searxng_url: str | None = None
     sources: dict[str, str] = field(default_factory=dict, repr=False)
     config_path: str = field(default="", repr=False)  # the config file read, to name it in errors
 
@@ -70,6 +75,9 @@ _CASTS: dict[str, Any] = {
     "max_tool_calls": int,
     "mcp": lambda v: str(Path(str(v)).expanduser()),
     "tools": lambda v: str(Path(str(v)).expanduser()),
+    "browser": lambda v: _bool(v),
+    "search": lambda v: str(v).strip().lower(),
+    "searxng_url": lambda v: str(v).strip(),
 }
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -175,6 +183,7 @@ def validate(s: Settings) -> Settings:
         raise UserError(
             f"dtype must be float32, bfloat16 or float16, not {s.dtype!r} (from {origin(s, 'dtype')})"
         )
+    _check_search(s)
     for key in ("model", "instructions"):
         value = getattr(s, key)
         if value is not None and "\x00" in value:
@@ -184,6 +193,24 @@ def validate(s: Settings) -> Settings:
             f"model is empty (from {origin(s, 'model')}); use 20b, 120b, a repo id or a path"
         )
     return s
+
+
+def _check_search(s: Settings) -> None:
+    if s.search is not None and s.search not in SEARCH_BACKENDS:
+        raise UserError(
+            f"search must be one of {', '.join(SEARCH_BACKENDS)}, not {s.search!r} (from {origin(s, 'search')})"
+        )
+    url = s.searxng_url
+    if url is not None and (
+        urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc
+    ):
+        raise UserError(
+            f"searxng-url must be an http(s) URL such as http://localhost:8080, not {url!r} (from {origin(s, 'searxng_url')})"
+        )
+    if s.search == "searxng" and not url:
+        raise UserError(
+            f"search is searxng (from {origin(s, 'search')}) but no SearXNG URL is set: set GPTOSS_SEARXNG_URL (e.g. http://localhost:8080)"
+        )
 
 
 def resolve(flags: dict[str, Any] | None = None, config_path: Path | None = None) -> Settings:

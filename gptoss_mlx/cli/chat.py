@@ -12,6 +12,7 @@ import typer
 
 from ..errors import UserError
 from .options import (
+    BrowserOpt,
     ContextOpt,
     DtypeOpt,
     EffortOpt,
@@ -26,6 +27,7 @@ from .options import (
     PythonOpt,
     PythonTimeoutOpt,
     PythonUnsafeOpt,
+    SearchOpt,
     SeedOpt,
     TemperatureOpt,
     ToolsFileOpt,
@@ -123,6 +125,8 @@ def chat_cmd(
     python_unsafe: PythonUnsafeOpt = False,
     max_tool_calls: MaxToolCallsOpt = None,
     mcp: McpOpt = None,
+    browser: BrowserOpt = False,
+    search: SearchOpt = None,
 ) -> None:
     """Chat with a model. Type /help inside for commands; Ctrl-C stops a reply, Ctrl-D exits."""
     from ..session import store as chatstore
@@ -149,7 +153,7 @@ def chat_cmd(
     from .resolve import model_path
     from .run import note_slow_start
 
-    if server and (settings.python or settings.mcp or settings.tools):
+    if server and (settings.python or settings.browser or settings.mcp or settings.tools):
         raise UserError(
             "tools run where the model runs: start the server with them instead of "
             "`chat --server` (tools over --server are not supported yet)"

@@ -144,9 +144,26 @@ ToolsFileOpt = Annotated[
     ),
 ]
 
+BrowserOpt = Annotated[
+    bool,
+    typer.Option(
+        "--browser",
+        help="Let the model search and read the web (its browser tool; read-only). Env GPTOSS_BROWSER.",
+    ),
+]
+SearchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--search",
+        help="Search backend: searxng (GPTOSS_SEARXNG_URL), brave (BRAVE_API_KEY), exa (EXA_API_KEY) or duckduckgo (best-effort; the default). Env GPTOSS_SEARCH.",
+        show_default=False,
+    ),
+]
+
 # The tool options above, by parameter name (run and chat take them all).
 TOOL_OPTIONS = (
     "python", "python_timeout", "python_network", "python_unsafe", "max_tool_calls", "mcp", "tools",
+    "browser", "search",
 )  # fmt: skip
 
 # The options above, by parameter name: what run and chat pass to settings.resolve.

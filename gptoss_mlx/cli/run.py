@@ -12,6 +12,7 @@ import typer
 
 from ..errors import INTERRUPTED, ContextFullError, UserError
 from .options import (
+    BrowserOpt,
     ContextOpt,
     DtypeOpt,
     EffortOpt,
@@ -26,6 +27,7 @@ from .options import (
     PythonOpt,
     PythonTimeoutOpt,
     PythonUnsafeOpt,
+    SearchOpt,
     SeedOpt,
     TemperatureOpt,
     ToolsFileOpt,
@@ -34,7 +36,7 @@ from .options import (
     YesOpt,
     settings_from,
 )
-from .tools import tool_note, with_tool_records
+from .tools import citation_stream, tool_note, with_citations, with_tool_records
 
 MAX_STDIN_BYTES = 64 * 2**20
 
@@ -167,6 +169,8 @@ def run_cmd(
     python_unsafe: PythonUnsafeOpt = False,
     max_tool_calls: MaxToolCallsOpt = None,
     mcp: McpOpt = None,
+    browser: BrowserOpt = False,
+    search: SearchOpt = None,
     strategy: Annotated[
         str,
         typer.Option(
@@ -179,15 +183,15 @@ def run_cmd(
     from ..backend import distributed as dist_control
     from ..session.open import open_session
     from ..session.store import new_id
-    from ..session.tool_setup import close_tools, open_loop, preflight
+    from ..session.tool_setup import close_tools, offline_note, open_loop, preflight
     from .resolve import model_path
 
     settings = settings_from(locals())
     tools_file = Path(settings.tools) if settings.tools else None
     settings, text, specs, group = _inputs(settings, prompt, tools_file)
-    if group is not None and (settings.python or settings.mcp):
+    if group is not None and (settings.python or settings.mcp or settings.browser):
         raise UserError(
-            "--python and --mcp are not available under mlx.launch yet; "
+            "--python, --browser and --mcp are not available under mlx.launch yet; "
             "run the tools with `gptoss serve --hostfile` and a client instead"
         )
     preflight(settings)
@@ -205,6 +209,8 @@ def run_cmd(
             print(f"gptoss: {session.distributed_note}", file=sys.stderr)
         note_slow_start()
         loop = open_loop(session, settings, specs, chat_id=new_id(), on_status=_status)
+        if offline_note(loop.table):
+            _status(offline_note(loop.table) or "")
         if settings.python_unsafe:  # nobody to ask in a one-shot run: the flag is the consent
             loop.always.add(("python", ""))
         try:
@@ -292,6 +298,7 @@ def run_turn(
     err = sys.stderr
     dim = err.isatty() and not os.environ.get("NO_COLOR")
     state = {"final_started": False, "reasoning_open": False}
+    citations = None if as_json else citation_stream(loop, "markdown")
 
     def on_event(ev: Any) -> None:
         if as_json:
@@ -300,7 +307,7 @@ def run_turn(
             if state["reasoning_open"]:
                 err.write("\x1b[0m\n" if dim else "\n")
                 state["reasoning_open"] = False
-            out.write(ev.text)
+            out.write(ev.text if citations is None else citations.feed(ev.text))
             out.flush()
             state["final_started"] = True
         elif isinstance(ev, harmony.ReasoningDelta) and show_reasoning:
@@ -323,10 +330,13 @@ def run_turn(
         result = (loop or session).turn(text, on_event=on_event)
     if state["reasoning_open"]:
         err.write("\x1b[0m\n" if dim else "\n")
+    if citations is not None:
+        out.write(citations.finish())
     if as_json:
         data = result_json(session, result)
         if loop is not None:
             with_tool_records(data, loop)
+            with_citations(data, loop)
         out.write(json.dumps(data, ensure_ascii=False) + "\n")
     else:
         if state["final_started"]:

@@ -17,7 +17,7 @@ NOTE_CHARS = 2000
 
 tools_app = typer.Typer(
     name="tools",
-    help="See and try the tools the model gets: python, MCP servers, functions.",
+    help="See and try the tools the model gets: python, the browser, MCP servers, functions.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -61,6 +61,28 @@ def with_tool_records(data: dict[str, Any], loop: Any) -> dict[str, Any]:
     return data
 
 
+def citation_stream(loop: Any, style: str) -> Any:
+    """A CitationStream over the loop's browser pages (`markdown` or `footnotes`), or None
+    when the browser is off."""
+    browser = loop.table.tools.get("browser") if loop is not None else None
+    if browser is None:
+        return None
+    from ..tools.browser import CitationStream
+
+    return CitationStream(browser, style=style)
+
+
+def with_citations(data: dict[str, Any], loop: Any) -> dict[str, Any]:
+    """`run --json` with the final answer's citations as Markdown links and `url_citation`
+    annotations (start/end indices into the new `final`)."""
+    browser = loop.table.tools.get("browser") if loop is not None else None
+    if browser is not None:
+        from ..tools.browser import normalize_citations
+
+        data["final"], data["annotations"] = normalize_citations(data["final"], browser)
+    return data
+
+
 # ---- gptoss chat ---------------------------------------------------------------------------------
 
 
@@ -76,9 +98,10 @@ def chat_loop(session: Any, settings: Any, chat_id: str, on_status: Any) -> Any:
 def run_chat(repl: Any, settings: Any, chat_id: str) -> bool:
     """Run the REPL; `/tools python on` can start python; every tool is closed at the end.
     False when the chat could not be saved (Repl.run)."""
-    from ..session.tool_setup import close_tools, python_tool
+    from ..session.tool_setup import browser_tool, close_tools, python_tool
 
     repl.tools.factories["python"] = lambda: python_tool(settings, chat_id)
+    repl.tools.factories["browser"] = lambda: browser_tool(settings, repl.session.encoding)
     try:
         return repl.run()
     finally:
@@ -120,6 +143,9 @@ def list_cmd(
     table = ToolTable([servers] if servers else [], _user_functions(settings.tools))
     try:
         print(f"python\t{_python_line()}")
+        print(
+            "browser\tsearches and reads the web, read-only (--browser; try: gptoss tools browser)"
+        )
         for spec in table.function_specs():
             first = (spec.description or "").strip().splitlines()
             print(f"functions.{spec.name}\t{first[0] if first else ''}")
@@ -216,9 +242,34 @@ def check_sandbox() -> list[Any]:
     return [Check("python sandbox", "warn" if mode == "none" else "ok", line)]
 
 
+def check_search() -> list[Any]:
+    """The `gptoss doctor` row: the search backend `--browser` would use."""
+    from ..session.tool_setup import search_backend
+    from ..tools.browser import is_offline
+    from .doctor import Check
+
+    try:
+        backend = search_backend(_settings())
+    except UserError as err:
+        return [Check("search backend", "warn", str(err))]
+    if is_offline():
+        return [
+            Check(
+                "search backend",
+                "warn",
+                f"{backend.label}, but offline (GPTOSS_OFFLINE or HF_HUB_OFFLINE)",
+            )
+        ]
+    return [Check("search backend", "ok", f"{backend.label} (--search or GPTOSS_SEARCH to change)")]
+
+
 def register(app: typer.Typer) -> None:
     from . import doctor as cli_doctor
+    from .tools_browser import browser_app
 
+    if not any(group.name == "browser" for group in tools_app.registered_groups):
+        tools_app.add_typer(browser_app, name="browser")
     app.add_typer(tools_app, name="tools")
-    if check_sandbox not in cli_doctor.DOCTOR_CHECKS:
-        cli_doctor.DOCTOR_CHECKS.append(check_sandbox)
+    for check in (check_sandbox, check_search):
+        if check not in cli_doctor.DOCTOR_CHECKS:
+            cli_doctor.DOCTOR_CHECKS.append(check)

@@ -38,6 +38,7 @@ class SessionSettings:
     date: str = field(default_factory=lambda: _dt.date.today().isoformat())
     python_tool: bool = False
     python_description: str | None = None  # the python tool's own text (real timeout, dir)
+    browser_tool: bool = False  # harmony's browser text in the system message
 
     def prompt_options(self) -> harmony.PromptOptions:
         return harmony.PromptOptions(
@@ -47,6 +48,7 @@ class SessionSettings:
             tools=list(self.tools),
             python_tool=self.python_tool,
             python_description=self.python_description,
+            browser_tool=self.browser_tool,
         )
 
 

@@ -1,4 +1,5 @@
-"""The tools a chat or run gets from its settings: python, MCP servers and user functions.
+"""The tools a chat or run gets from its settings: python, the browser, MCP servers and user
+functions.
 
 Builds the `ToolTable` and tells the session what its prompt declares (the python text with
 the real timeout and directory, the function specs). No terminal I/O: status lines go to
@@ -8,6 +9,7 @@ the real timeout and directory, the function specs). No terminal I/O: status lin
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ def preflight(settings: Any) -> None:
         from ..tools.mcp_config import load_mcp_config
 
         load_mcp_config(Path(settings.mcp))
+    if settings.browser:
+        search_backend(settings)
 
 
 def python_tool(settings: Any, chat_id: str) -> Tool:
@@ -51,6 +55,41 @@ def python_tool(settings: Any, chat_id: str) -> Tool:
         if isinstance(err, UserError):
             raise
         raise UserError(str(err)) from err
+
+
+def search_backend(settings: Any) -> Any:  # -> tools.browser.SearchBackend
+    """The search backend `--search`/GPTOSS_SEARCH names, or the first configured (SearXNG URL,
+    BRAVE_API_KEY, EXA_API_KEY), else DuckDuckGo; UserError (one line, naming the source)."""
+    from ..settings import origin
+    from ..tools.browser import make_backend
+
+    try:
+        return make_backend(settings.search, searxng_url=settings.searxng_url, env=os.environ)
+    except UserError as err:
+        if settings.search is None:
+            raise
+        raise UserError(
+            f"{err} (search {settings.search} from {origin(settings, 'search')})"
+        ) from None
+
+
+def browser_tool(settings: Any, encoding: Any = None) -> Tool:
+    """A fresh browser for one chat (its own page stack and cookies); `encoding` (the session's
+    harmony encoding) makes its ~1,024-token page windows exact."""
+    from ..tools.browser import BrowserTool, Fetcher
+
+    return BrowserTool(search_backend(settings), fetcher=Fetcher.from_env(), encoding=encoding)
+
+
+def offline_note(table: ToolTable) -> str | None:
+    """The one-line hint for the user when the browser is on but the machine is offline."""
+    browser = table.tools.get("browser")
+    if browser is None or not getattr(getattr(browser, "fetcher", None), "offline", False):
+        return None
+    return (
+        "browser: offline (GPTOSS_OFFLINE or HF_HUB_OFFLINE is set); "
+        "the model is told the web is unavailable"
+    )
 
 
 def mcp_tools(settings: Any, on_status: Status | None = None) -> Tool | None:
@@ -78,10 +117,13 @@ def build_table(
     chat_id: str,
     on_status: Status | None = None,
     mcp: bool = True,
+    encoding: Any = None,
 ) -> ToolTable:
     tools: list[Tool] = []
     if settings.python:
         tools.append(python_tool(settings, chat_id))
+    if settings.browser:
+        tools.append(browser_tool(settings, encoding))
     if mcp:
         servers = mcp_tools(settings, on_status)
         if servers is not None:
@@ -95,6 +137,7 @@ def declare(session: Any, table: ToolTable) -> None:
     session.settings.python_tool = python is not None
     describe = getattr(python, "instruction", None)
     session.settings.python_description = describe() if callable(describe) else None
+    session.settings.browser_tool = "browser" in table.tools
     session.settings.tools = table.function_specs()
 
 
@@ -108,7 +151,13 @@ def open_loop(
     **loop_options: Any,
 ) -> ToolLoop:
     """The tool loop for `session` with every tool `settings` asks for, declared in its prompt."""
-    table = build_table(settings, user_functions, chat_id=chat_id, on_status=on_status)
+    table = build_table(
+        settings,
+        user_functions,
+        chat_id=chat_id,
+        on_status=on_status,
+        encoding=getattr(session, "encoding", None),
+    )
     declare(session, table)
     return ToolLoop(
         session,

@@ -309,9 +309,15 @@ class Repl:
     def stream(self, events: Iterator[harmony.Event]) -> Any:
         view = self.renderer.turn()
         hook = self.on_event
+        citations = self.tools.citations()
 
         def on_event(ev: harmony.Event) -> None:
-            view.on_event(ev)
+            if citations is not None and isinstance(ev, harmony.FinalDelta):
+                shown = citations.feed(ev.text)
+                if shown:
+                    view.on_event(harmony.FinalDelta(shown))
+            else:
+                view.on_event(ev)
             if hook is not None:
                 hook(ev)
 
@@ -319,11 +325,18 @@ class Repl:
         self._view = view
         try:
             with quiet_keyboard(self._real_terminal()), view:
-                result = self.session.collect(events, on_event)
+                try:
+                    result = self.session.collect(events, on_event)
+                finally:
+                    rest = citations.finish() if citations is not None else ""
+                    if rest:  # a citation held back at the very end
+                        view.on_event(harmony.FinalDelta(rest))
         finally:
             self.session.progress = None
             self._view = None
             self.save()
+        if citations is not None and citations.footnotes:
+            self.tools.footnotes(citations.footnotes)
         self.renderer.footer(
             result.stats, self.session.context_used(), self.session.settings.context
         )

@@ -51,12 +51,17 @@ class ToolCommands:
         if names:
             shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
             self.repl.renderer.info(f"tools: {shown} (/tools)")
+        from ..session.tool_setup import offline_note
+
+        note = offline_note(self.repl.loop.table)
+        if note:
+            self.repl.renderer.warn(note)
 
     def show(self) -> None:
         table = self.repl.loop.table
         say = self.repl.renderer.say
         if not table.tools and not table.functions and not self.off:
-            say("no tools (start the chat with --python, --mcp FILE or --tools FILE)")
+            say("no tools (start the chat with --python, --browser, --mcp FILE or --tools FILE)")
         for name in table.tools:
             if name != "functions":
                 say(f"  {name:<24} on")
@@ -89,6 +94,22 @@ class ToolCommands:
             self.off[name] = tool
         declare(self.repl.session, table)
         self.repl.renderer.info(f"{name}: {'on' if on else 'off'} (from the next reply)")
+
+    # ---- citations --------------------------------------------------------------------------
+    def citations(self) -> Any:
+        """Footnotes for the browser's `【cursor†Lx-Ly】` in this reply (None: browser off)."""
+        browser = self.repl.loop.table.tools.get("browser")
+        if browser is None:
+            return None
+        from ..tools.browser import CitationStream
+
+        return CitationStream(browser, style="footnotes")
+
+    def footnotes(self, notes: list[Any]) -> None:
+        """`[1] Title - URL` under the answer."""
+        from ..tools.browser import format_footnotes
+
+        self.repl.renderer.say(format_footnotes(notes))
 
     # ---- questions during a turn ------------------------------------------------------------
     def approve(self, tool: Tool, function: str, arguments: str) -> str:
