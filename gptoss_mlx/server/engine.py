@@ -185,7 +185,7 @@ class ServerEngine:
                 return
             if call is None or round_ == builtin.MAX_CALLS or cancelled():
                 break
-            done = builtin.run(call, gen.builtin)
+            done = builtin.run(call, gen.builtin, cancelled)
             yield done
             reply = harmony.tool_result(call.recipient, done.result.text, channel=call.channel)
             session.messages.append(reply)
