@@ -184,3 +184,22 @@ def test_serve_python_without_a_sandbox_is_refused() -> None:
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "bubblewrap (bwrap) is not installed" in lines[0]
+
+
+def test_functions_python_counts_as_the_builtin_unless_declared(enc, tmp_path: Path) -> None:
+    prefixed = (
+        "<|channel|>commentary to=functions.python <|constrain|>json<|message|>print(1+1)<|call|>"
+    )
+    replies = [prefixed, FINAL.format(text="2"), prefixed]
+    model, engine = engine_for(enc, replies)
+    with serve(create_app(engine, builtin_tools={"python": PythonTool(tmp_path)})) as url:
+        api = client(url)
+        ci = [{"type": "code_interpreter"}]
+        ran = api.responses.create(model="gpt-oss-20b", input="1+1?", tools=ci)
+        own = {"type": "function", "name": "python", "parameters": {"type": "object"}}
+        declared = api.responses.create(model="gpt-oss-20b", input="1+1?", tools=[*ci, own])
+    assert [o.type for o in ran.output] == ["code_interpreter_call", "message"]
+    assert ran.output[0].outputs[0].logs == "2\n"
+    assert "<|start|>functions.python to=assistant" in everything_sent(enc, model)
+    assert [o.type for o in declared.output] == ["function_call"]
+    assert declared.output[0].name == "python"

@@ -14,8 +14,8 @@ import contextlib
 import json
 import threading
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import harmony
@@ -81,6 +81,21 @@ def close_all(available: Mapping[str, Any]) -> None:
 
 def namespace(call: harmony.ToolCall) -> str:
     return call.recipient.split(".", 1)[0]
+
+
+def as_builtin(
+    call: harmony.ToolCall, enabled: Collection[str], functions: Collection[str]
+) -> harmony.ToolCall | None:
+    """The call as one to an enabled built-in tool, or None. As the reference server does,
+    `functions.python` and `functions.browser.*` (the model sometimes adds the prefix) count as
+    the built-ins unless the request declares a function of that name."""
+    if namespace(call) in enabled:
+        return call
+    name = call.recipient.removeprefix("functions.")
+    if name == call.recipient or name in functions:
+        return None
+    fixed = replace(call, recipient=name)
+    return fixed if namespace(fixed) in enabled else None
 
 
 class _CancelFlag(threading.Event):

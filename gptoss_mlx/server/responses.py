@@ -208,6 +208,8 @@ class ResponseBuilder:
         self.status = "in_progress"
         self.error: dict[str, Any] | None = None
         self.custom = custom_tool_names(req)
+        self.functions = {t.get("name") for t in req.tools or []
+                          if t.get("type") in ("function", "custom")}  # fmt: skip
         self.builtin = {builtin.TOOL_TYPES[str(t.get("type"))] for t in req.tools or []
                         if t.get("type") in builtin.TOOL_TYPES}  # fmt: skip
 
@@ -255,7 +257,7 @@ class ResponseBuilder:
             self._close()
         elif isinstance(item, harmony.ToolCall):
             self._close()
-            if builtin.namespace(item) not in self.builtin:
+            if builtin.as_builtin(item, self.builtin, self.functions) is None:
                 self._call(item)
         elif isinstance(item, builtin.BuiltinResult):
             self._builtin(item)
