@@ -80,14 +80,22 @@ def test_code_interpreter_runs_in_the_real_sandbox(enc, tmp_path: Path) -> None:
     assert python._worker is None  # closed with the server
 
 
-def test_code_interpreter_stream_events(enc, tmp_path: Path) -> None:
-    model, engine = engine_for(enc, [PY_CALL.format(code="print(6*7)"), FINAL.format(text="42")])
+def test_code_interpreter_stream_events(enc, tmp_path: Path, caplog) -> None:
+    replies = [PY_CALL.format(code="print(6*7)"), FINAL.format(text="42"), FINAL.format(text="ok")]
+    model, engine = engine_for(enc, replies)
+    tools = [{"type": "code_interpreter"}]
     with serve(create_app(engine, builtin_tools={"python": PythonTool(tmp_path)})) as url:
+        api = client(url)
         events = list(
-            client(url).responses.create(
-                model="gpt-oss-20b", input="6*7?", tools=[{"type": "code_interpreter"}], stream=True
-            )
+            api.responses.create(model="gpt-oss-20b", input="6*7?", tools=tools, stream=True)
         )
+        # a client that keeps the conversation itself replays the output items as input
+        replay = [o.model_dump(exclude_none=True) for o in events[-1].response.output]
+        again = [{"role": "user", "content": "6*7?"}, *replay, {"role": "user", "content": "ok?"}]
+        with caplog.at_level("WARNING", logger="gptoss.server"):
+            answer = api.responses.create(model="gpt-oss-20b", input=again, tools=tools)
+    assert answer.output_text == "ok"
+    assert "ignoring an input item" not in caplog.text
     assert [e.sequence_number for e in events] == list(range(len(events)))
     kinds = [e.type for e in events]
     call = kinds.index("response.code_interpreter_call.in_progress")

@@ -30,6 +30,7 @@ TOOL_TYPES = {
     "browser_search": "browser",
 }
 FLAGS = {"python": "--python", "browser": "--browser"}
+OUTPUT_TYPES = ("code_interpreter_call", "web_search_call")
 
 
 @dataclass(frozen=True)
@@ -149,3 +150,12 @@ def _action(done: BuiltinResult) -> dict[str, Any]:
         pattern = details.get("pattern") or args.get("pattern", "")
         return {"type": "find", "pattern": str(pattern), "url": str(details.get("url", ""))}
     return {"type": "search", "query": str(details.get("query") or args.get("query", ""))}
+
+
+def citations(browser: Any) -> Any:
+    """A Markdown CitationStream over `browser` (url_citation annotations), or None."""
+    if browser is None:
+        return None
+    from ..tools.browser.citations import CitationStream
+
+    return CitationStream(browser, style="markdown")

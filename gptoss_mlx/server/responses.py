@@ -68,6 +68,8 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
 def _parse(item: dict[str, Any], where: str) -> BaseModel | None:
     kind = item.get("type", "message")
     model = _ITEM_TYPES.get(kind)
+    if kind in builtin.OUTPUT_TYPES:  # replayed built-in calls: their results are not kept
+        return None
     if model is None:
         log.warning("ignoring an input item of type %r", kind)
         return None
@@ -281,7 +283,7 @@ class ResponseBuilder:
                         "status": "in_progress", "content": []}  # fmt: skip
                 part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
             self.open = {"type": kind, "item": item, "text": [], "index": index, "part": part,
-                         "cite": _citations(kind, self.browser)}  # fmt: skip
+                         "cite": builtin.citations(self.browser) if kind == "message" else None}  # fmt: skip
             self.emit("response.output_item.added", output_index=index, item=dict(item))
             self.emit("response.content_part.added", item_id=item["id"], output_index=index,
                       content_index=0, part=dict(part))  # fmt: skip
@@ -392,14 +394,6 @@ class ResponseBuilder:
             self.status = "completed"
         kind = "response.failed" if self.status == "failed" else "response.completed"
         self.emit(kind, response=self.response())
-
-
-def _citations(kind: str, browser: Any) -> Any:
-    if kind != "message" or browser is None:
-        return None
-    from ..tools.browser.citations import CitationStream
-
-    return CitationStream(browser, style="markdown")
 
 
 def custom_input(arguments: str) -> str:
