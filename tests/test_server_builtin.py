@@ -176,6 +176,11 @@ def test_builtin_not_enabled_is_a_400(enc) -> None:
                 api.responses.create(model="gpt-oss-20b", input="x", tools=[{"type": kind}])
             assert f"gptoss serve {flag}" in err.value.message
             assert err.value.body["param"] == "tools"
+        # tool_choice "none": no tools, so no built-in either (and no 400)
+        out = api.responses.create(
+            model="gpt-oss-20b", input="x", tools=[{"type": "code_interpreter"}], tool_choice="none"
+        )
+    assert out.output_text == "hi"
 
 
 def test_serve_python_without_a_sandbox_is_refused() -> None:

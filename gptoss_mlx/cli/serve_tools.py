@@ -1,8 +1,9 @@
 """The built-in tools `gptoss serve --python / --browser` gives the Responses API.
 
 Built before the model loads, so a missing sandbox (or a bad search backend setting) is refused
-at once with one line. Python is one sandboxed worker for the whole server: its variables
-persist across requests (as in a chat). The browser is made per response (its own page stack).
+at once with one line. Python is one sandboxed worker for the whole server (working directory
+<data dir>/python/serve): its variables persist across requests, as in a chat. The browser is
+made per response (its own page stack).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _python(settings: Any, bwrap: str | None) -> Any:
 
     try:
         tool = PythonTool(
-            scratch_dir(f"serve-{os.getpid()}"),
+            scratch_dir("serve"),
             timeout=settings.python_timeout,
             network=settings.python_network,
             unsafe=settings.python_unsafe,

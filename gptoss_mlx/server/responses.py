@@ -175,7 +175,8 @@ def to_generation(
         top_p=req.top_p,
         seed=req.seed,
     )
-    enabled = builtin.select(req.tools, builtin_tools or {})
+    asked = req.tools if req.tool_choice != "none" else []
+    enabled = builtin.select(asked, builtin_tools or {})
     describe = getattr(enabled.get("python"), "instruction", None)
     if callable(describe):  # the real timeout, directory and network in the prompt
         settings.python_description = describe()
