@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -216,3 +217,30 @@ def test_functions_python_counts_as_the_builtin_unless_declared(enc, tmp_path: P
     assert "<|start|>functions.python to=assistant" in everything_sent(enc, model)
     assert [o.type for o in declared.output] == ["function_call"]
     assert declared.output[0].name == "python"
+
+
+def test_client_gone_interrupts_a_running_python_call(enc, tmp_path: Path) -> None:
+    import httpx
+
+    sleepy = PY_CALL.format(code="import time\ntime.sleep(60)")
+    model, engine = engine_for(enc, [sleepy, FINAL.format(text="never"), FINAL.format(text="next")])
+    python = PythonTool(tmp_path, timeout=60)
+    body = {"model": "gpt-oss-20b", "input": "sleep", "stream": True,
+            "tools": [{"type": "code_interpreter"}]}  # fmt: skip
+    with serve(create_app(engine, builtin_tools={"python": python})) as url:
+        with httpx.stream("POST", url + "/v1/responses", json=body, timeout=30) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if "response.output_item.done" in line)
+            deadline = time.monotonic() + 30
+            while python._worker is None and time.monotonic() < deadline:
+                time.sleep(0.05)  # wait until the call is running in the sandbox
+            assert python._worker is not None
+            time.sleep(0.5)
+        started = time.monotonic()
+        time.sleep(1.0)
+        answer = client(url).responses.create(model="gpt-oss-20b", input="next?")
+        waited = time.monotonic() - started
+    assert answer.output_text in ("never", "next")
+    assert waited < 20  # the 60 s call was interrupted when its client went away
+    # no result went back to the model for the cancelled call
+    assert "<|start|>python to=assistant" not in everything_sent(enc, model)
