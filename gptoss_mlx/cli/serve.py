@@ -129,10 +129,17 @@ def serve_cmd(
         with dist.peer_errors():
             serve_group(group, settings, (host, port), api_key, max_queue, strategy)
         return
+    _serve_here(settings, browser, (host, port), api_key, max_queue)
+
+
+def _serve_here(
+    settings: Any, browser: bool, address: tuple[str, int], api_key: str | None, max_queue: int
+) -> None:
+    """Serve from this process: tools first, then the socket, then the model."""
     from . import serve_tools
 
     tools = serve_tools.build(settings, browser)  # a missing sandbox: refused before the model
-    sock = _bind(host, port)
+    sock = _bind(*address)
     from ..server import builtin, create_app
     from ..server.worker import GenerationQueue
     from ..session.open import open_session
