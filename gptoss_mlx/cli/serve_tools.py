@@ -29,8 +29,10 @@ def build(settings: Any, browser: bool, *, bwrap: str | None = None) -> dict[str
 
 def _python(settings: Any, bwrap: str | None) -> Any:
     from ..tools.python import PythonTool, SandboxUnavailableError, scratch_dir
+    from ..tools.sandbox import require_sandbox
 
     try:
+        require_sandbox(unsafe=settings.python_unsafe, bwrap=bwrap)  # before making any directory
         tool = PythonTool(
             scratch_dir("serve"),
             timeout=settings.python_timeout,
