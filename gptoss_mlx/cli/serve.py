@@ -20,6 +20,10 @@ from .options import (
     MaxTokensOpt,
     MinPOpt,
     ModelOpt,
+    PythonNetworkOpt,
+    PythonOpt,
+    PythonTimeoutOpt,
+    PythonUnsafeOpt,
     SeedOpt,
     TemperatureOpt,
     TopKOpt,
@@ -29,6 +33,14 @@ from .options import (
 )
 
 SIZES = {24: "20b", 36: "120b"}  # layers -> the size clients name
+BrowserOpt = Annotated[
+    bool,
+    typer.Option(
+        "--browser",
+        help="Serve the built-in browser (web_search in /v1/responses). Search backend from "
+        "GPTOSS_SEARCH / GPTOSS_SEARXNG_URL / BRAVE_API_KEY / EXA_API_KEY, else DuckDuckGo.",
+    ),
+]
 
 
 def serve_cmd(
@@ -64,6 +76,11 @@ def serve_cmd(
     dtype: DtypeOpt = None,
     yes: YesOpt = False,
     force: ForceOpt = False,
+    python: PythonOpt = False,
+    python_timeout: PythonTimeoutOpt = None,
+    python_network: PythonNetworkOpt = False,
+    python_unsafe: PythonUnsafeOpt = False,
+    browser: BrowserOpt = False,
     hostfile: Annotated[
         Path | None,
         typer.Option(
@@ -104,24 +121,40 @@ def serve_cmd(
         raise UserError("--backend goes with --hostfile (mlx.launch chooses it otherwise)")
     settings = settings_from(locals())
     group = dist.current_group() if dist.launched() else None
+    if group is not None and (settings.python or browser):
+        raise UserError("--python and --browser are not served across ranks yet; drop them")
     if group is not None:
         from .serve_ranks import serve_group
 
         with dist.peer_errors():
             serve_group(group, settings, (host, port), api_key, max_queue, strategy)
         return
-    sock = _bind(host, port)
-    from ..server import create_app
+    _serve_here(settings, browser, (host, port), api_key, max_queue)
+
+
+def _serve_here(
+    settings: Any, browser: bool, address: tuple[str, int], api_key: str | None, max_queue: int
+) -> None:
+    """Serve from this process: tools first, then the socket, then the model."""
+    from . import serve_tools
+
+    tools = serve_tools.build(settings, browser)  # a missing sandbox: refused before the model
+    sock = _bind(*address)
+    from ..server import builtin, create_app
     from ..server.worker import GenerationQueue
     from ..session.open import open_session
     from .resolve import model_path
 
     queue = GenerationQueue(max_queue)  # the model lives on the generation thread
-    path = model_path(settings.model, yes=settings.yes, interactive=sys.stdin.isatty())
-    session = queue.call(lambda: open_session(settings, path))
+    try:
+        path = model_path(settings.model, yes=settings.yes, interactive=sys.stdin.isatty())
+        session = queue.call(lambda: open_session(settings, path))
+    except BaseException:
+        builtin.close_all(tools)
+        raise
     engine = make_engine(session)
-    app = create_app(engine, api_key=api_key, queue=queue)
-    _run(app, sock, engine.model_id, api_key)
+    app = create_app(engine, api_key=api_key, queue=queue, builtin_tools=tools)
+    _run(app, sock, engine.model_id, api_key, tools=sorted(tools))
 
 
 def make_engine(session: Any, **kw: Any) -> Any:
@@ -163,8 +196,11 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _banner(url: str, model_id: str, api_key: str | None) -> str:
+def _banner(url: str, model_id: str, api_key: str | None, tools: list[str]) -> str:
     key = api_key or "unused"
+    names = {"python": "code_interpreter (python)", "browser": "web_search (browser)"}
+    served = ", ".join(names[t] for t in tools)
+    extra = f"\n  Built-in tools in /v1/responses: {served}" if tools else ""
     return (
         f"gptoss serve: {model_id} at {url}/v1 (Ctrl-C to stop)\n"
         f"  Python:  from openai import OpenAI\n"
@@ -174,11 +210,17 @@ def _banner(url: str, model_id: str, api_key: str | None) -> str:
         f"           print(reply.choices[0].message.content)\n"
         f'  Codex:   [model_providers.gptoss] name = "gptoss-mlx" '
         f'base_url = "{url}/v1" wire_api = "responses"'
+        f"{extra}"
     )
 
 
 def _run(
-    app: Any, sock: socket.socket, model_id: str, api_key: str | None, on_server: Any = None
+    app: Any,
+    sock: socket.socket,
+    model_id: str,
+    api_key: str | None,
+    on_server: Any = None,
+    tools: list[str] | None = None,
 ) -> None:
     import uvicorn
 
@@ -190,7 +232,8 @@ def _run(
     server = uvicorn.Server(config)
     if on_server is not None:
         on_server(server)
-    print(_banner(f"http://{shown}:{port}", model_id, api_key), file=sys.stderr, flush=True)
+    banner = _banner(f"http://{shown}:{port}", model_id, api_key, tools or [])
+    print(banner, file=sys.stderr, flush=True)
     # uvicorn handles Ctrl-C and SIGTERM: it stops accepting, lets requests finish for up to 5 s,
     # then cancels them (which cancels their generations) and runs the app's shutdown.
     server.run(sockets=[sock])

@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import chat_completions, responses, sse
+from . import builtin, chat_completions, responses, sse
 from .engine import ServerEngine
 from .errors import ApiError, error_body
 from .middleware import ApiKeyMiddleware, BodyLimitMiddleware
@@ -88,9 +88,11 @@ def create_app(
     store_size: int = 256,
     queue: GenerationQueue | None = None,
 ) -> Any:
-    """The ASGI application serving `engine`. `builtin_tools` (namespace -> tools.base.Tool) is the
-    seam for the built-in python/browser tools of the Responses API; none are served yet. Pass
-    the `queue` whose thread loaded the model (GenerationQueue.call); else one is made here."""
+    """The ASGI application serving `engine`. `builtin_tools`: the built-in tools of the
+    Responses API by namespace ("python", "browser"), each a tools.base.Tool shared by all
+    requests or a factory called per response (see server.builtin); the shared ones are closed
+    at shutdown. Pass the `queue` whose thread loaded the model (GenerationQueue.call); else one
+    is made here."""
     queue = queue or GenerationQueue(max_queue)
     store = ResponseStore(store_size)
 
@@ -98,6 +100,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         queue.close()
+        builtin.close_all(app.state.builtin_tools)
 
     app = FastAPI(title="gptoss-mlx", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
@@ -164,9 +167,16 @@ def _add_generation_routes(
     async def respond(req: ResponsesRequest, request: Request) -> Any:
         engine.check_model(req.model)
         history = store.get(req.previous_response_id) if req.previous_response_id else []
-        gen, items = responses.to_generation(req, engine, history, app.state.builtin_tools)
-        job = queue.submit(lambda cancelled: engine.run(gen, cancelled))
-        builder = responses.ResponseBuilder(req, engine.model_id)
+        available = app.state.builtin_tools
+        gen, items = responses.to_generation(req, engine, history, available)
+        try:
+            job = queue.submit(lambda cancelled: engine.run(gen, cancelled))
+        except ApiError:
+            builtin.close_fresh(gen.builtin, available)
+            raise
+        builder = responses.ResponseBuilder(
+            req, engine.model_id, browser=gen.builtin.get("browser")
+        )
 
         def remember() -> None:
             if req.store and builder.status in ("completed", "incomplete"):
@@ -175,11 +185,17 @@ def _add_generation_routes(
         if req.stream:
 
             async def body() -> AsyncIterator[str]:
-                async for frame in responses.stream(job, builder):
-                    yield frame
-                remember()
+                try:
+                    async for frame in responses.stream(job, builder):
+                        yield frame
+                    remember()
+                finally:
+                    builtin.close_fresh(gen.builtin, available)
 
             return _streaming(body())
-        result = await _unless_disconnected(request, job, responses.complete(job, builder))
+        try:
+            result = await _unless_disconnected(request, job, responses.complete(job, builder))
+        finally:
+            builtin.close_fresh(gen.builtin, available)
         remember()
         return result

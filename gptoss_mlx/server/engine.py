@@ -162,20 +162,19 @@ class ServerEngine:
 
             mx.random.seed(gen.settings.sampler.seed)
         prompt = gen.prompt
+        functions = {spec.name for spec in gen.settings.tools}
         for round_ in range(builtin.MAX_CALLS + 1):
             events = session.stream(prompt)
-            call = None
+            call = original = None
             try:
                 for i, event in enumerate(events):
                     if i == 0 and round_ == 0:
                         stats = session.last_stats or GenerationStats()
                         session.count_history_prefill(stats)
                         yield Started(stats)
-                    if (
-                        isinstance(event, harmony.ToolCall)
-                        and builtin.namespace(event) in gen.builtin
-                    ):
-                        call = event
+                    if isinstance(event, harmony.ToolCall):
+                        original = event
+                        call = builtin.as_builtin(event, gen.builtin, functions)
                     yield event
             except (GeneratorExit, _Cancelled) as stop:
                 events.close()  # the session keeps what was written and repairs its cache
@@ -185,9 +184,10 @@ class ServerEngine:
                 return
             if call is None or round_ == builtin.MAX_CALLS or cancelled():
                 break
-            done = builtin.run(call, gen.builtin)
+            done = builtin.run(call, gen.builtin, cancelled)
             yield done
-            reply = harmony.tool_result(call.recipient, done.result.text, channel=call.channel)
+            assert original is not None  # the result answers the call as the model wrote it
+            reply = harmony.tool_result(original.recipient, done.result.text, channel=call.channel)
             session.messages.append(reply)
             try:
                 prompt = session.prepare()

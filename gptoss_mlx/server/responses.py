@@ -68,6 +68,8 @@ def input_items(req: ResponsesRequest) -> list[dict[str, Any]]:
 def _parse(item: dict[str, Any], where: str) -> BaseModel | None:
     kind = item.get("type", "message")
     model = _ITEM_TYPES.get(kind)
+    if kind in builtin.OUTPUT_TYPES:  # replayed built-in calls: their results are not kept
+        return None
     if model is None:
         log.warning("ignoring an input item of type %r", kind)
         return None
@@ -173,7 +175,11 @@ def to_generation(
         top_p=req.top_p,
         seed=req.seed,
     )
-    enabled = builtin.select(req.tools, builtin_tools or {})
+    asked = req.tools if req.tool_choice != "none" else []
+    enabled = builtin.select(asked, builtin_tools or {})
+    describe = getattr(enabled.get("python"), "instruction", None)
+    if callable(describe):  # the real timeout, directory and network in the prompt
+        settings.python_description = describe()
     return engine.prepare(Generation(messages, settings, builtin=enabled)), items
 
 
@@ -184,9 +190,17 @@ class ResponseBuilder:
     """Turns generation items into output items, and into SSE events through `emit`."""
 
     def __init__(
-        self, req: ResponsesRequest, model_id: str, emit: Callable[..., None] | None = None
+        self,
+        req: ResponsesRequest,
+        model_id: str,
+        emit: Callable[..., None] | None = None,
+        *,
+        browser: Any = None,
     ) -> None:
+        """`browser`: the response's BrowserTool, whose citations become url_citation
+        annotations (and Markdown links in the text)."""
         self.req = req
+        self.browser = browser
         self.id = _new_id("resp")
         self.model = req.model or model_id
         self.created = int(time.time())
@@ -197,6 +211,8 @@ class ResponseBuilder:
         self.status = "in_progress"
         self.error: dict[str, Any] | None = None
         self.custom = custom_tool_names(req)
+        self.functions = {t.get("name") for t in req.tools or []
+                          if t.get("type") in ("function", "custom")}  # fmt: skip
         self.builtin = {builtin.TOOL_TYPES[str(t.get("type"))] for t in req.tools or []
                         if t.get("type") in builtin.TOOL_TYPES}  # fmt: skip
 
@@ -244,7 +260,7 @@ class ResponseBuilder:
             self._close()
         elif isinstance(item, harmony.ToolCall):
             self._close()
-            if builtin.namespace(item) not in self.builtin:
+            if builtin.as_builtin(item, self.builtin, self.functions) is None:
                 self._call(item)
         elif isinstance(item, builtin.BuiltinResult):
             self._builtin(item)
@@ -267,10 +283,20 @@ class ResponseBuilder:
                 item = {"type": "message", "id": _new_id("msg"), "role": "assistant",
                         "status": "in_progress", "content": []}  # fmt: skip
                 part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-            self.open = {"type": kind, "item": item, "text": [], "index": index, "part": part}
+            self.open = {"type": kind, "item": item, "text": [], "index": index, "part": part,
+                         "cite": builtin.citations(self.browser) if kind == "message" else None}  # fmt: skip
             self.emit("response.output_item.added", output_index=index, item=dict(item))
             self.emit("response.content_part.added", item_id=item["id"], output_index=index,
                       content_index=0, part=dict(part))  # fmt: skip
+        cite = self.open["cite"]
+        if cite is not None:
+            text = cite.feed(text)
+        self._delta(kind, text)
+
+    def _delta(self, kind: str, text: str) -> None:
+        assert self.open is not None
+        if not text:
+            return
         self.open["text"].append(text)
         event = (
             "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
@@ -278,10 +304,25 @@ class ResponseBuilder:
         extra = {} if kind == "reasoning" else {"logprobs": []}
         self.emit(event, item_id=self.open["item"]["id"], output_index=self.open["index"],
                   content_index=0, delta=text, **extra)  # fmt: skip
+        self._annotations()
+
+    def _annotations(self) -> None:
+        assert self.open is not None
+        cite, part = self.open["cite"], self.open["part"]
+        if cite is None:
+            return
+        for n in range(len(part["annotations"]), len(cite.annotations)):
+            note = dict(cite.annotations[n])
+            part["annotations"].append(note)
+            self.emit("response.output_text.annotation.added", item_id=self.open["item"]["id"],
+                      output_index=self.open["index"], content_index=0, annotation_index=n,
+                      annotation=note)  # fmt: skip
 
     def _close(self) -> None:
         if self.open is None:
             return
+        if self.open["cite"] is not None:  # a citation held back at the very end
+            self._delta(self.open["type"], self.open["cite"].finish())
         o, self.open = self.open, None
         text, item, index = "".join(o["text"]), o["item"], o["index"]
         part = {**o["part"], "text": text}
@@ -319,12 +360,15 @@ class ResponseBuilder:
         self.emit(
             "response.output_item.added", output_index=index, item={**item, "status": "in_progress"}
         )
-        for stage in (
-            "in_progress",
-            "interpreting" if kind == "code_interpreter_call" else "searching",
-            "completed",
-        ):
-            self.emit(f"response.{kind}.{stage}", item_id=item["id"], output_index=index)
+        ids = {"item_id": item["id"], "output_index": index}
+        self.emit(f"response.{kind}.in_progress", **ids)
+        if kind == "code_interpreter_call":
+            self.emit("response.code_interpreter_call_code.delta", delta=item["code"], **ids)
+            self.emit("response.code_interpreter_call_code.done", code=item["code"], **ids)
+            self.emit("response.code_interpreter_call.interpreting", **ids)
+        else:
+            self.emit("response.web_search_call.searching", **ids)
+        self.emit(f"response.{kind}.completed", **ids)
         self.output.append(item)
         self.emit("response.output_item.done", output_index=index, item=item)
 
