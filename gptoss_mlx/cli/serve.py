@@ -12,6 +12,7 @@ import typer
 
 from ..errors import UserError
 from .options import (
+    BrowserOpt,
     ContextOpt,
     DtypeOpt,
     EffortOpt,
@@ -33,14 +34,6 @@ from .options import (
 )
 
 SIZES = {24: "20b", 36: "120b"}  # layers -> the size clients name
-BrowserOpt = Annotated[
-    bool,
-    typer.Option(
-        "--browser",
-        help="Serve the built-in browser (web_search in /v1/responses). Search backend from "
-        "GPTOSS_SEARCH / GPTOSS_SEARXNG_URL / BRAVE_API_KEY / EXA_API_KEY, else DuckDuckGo.",
-    ),
-]
 
 
 def serve_cmd(
@@ -121,7 +114,7 @@ def serve_cmd(
         raise UserError("--backend goes with --hostfile (mlx.launch chooses it otherwise)")
     settings = settings_from(locals())
     group = dist.current_group() if dist.launched() else None
-    if group is not None and (settings.python or browser):
+    if group is not None and (settings.python or settings.browser):
         raise UserError("--python and --browser are not served across ranks yet; drop them")
     if group is not None:
         from .serve_ranks import serve_group
@@ -129,7 +122,7 @@ def serve_cmd(
         with dist.peer_errors():
             serve_group(group, settings, (host, port), api_key, max_queue, strategy)
         return
-    _serve_here(settings, browser, (host, port), api_key, max_queue)
+    _serve_here(settings, settings.browser, (host, port), api_key, max_queue)
 
 
 def _serve_here(
