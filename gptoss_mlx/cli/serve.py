@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -228,7 +229,10 @@ def _run(
     banner = _banner(f"http://{shown}:{port}", model_id, api_key, tools or [])
     print(banner, file=sys.stderr, flush=True)
     # uvicorn handles Ctrl-C and SIGTERM: it stops accepting, lets requests finish for up to 5 s,
-    # then cancels them (which cancels their generations) and runs the app's shutdown.
+    # then cancels them (which cancels their generations) and runs the app's shutdown. It then
+    # re-raises the signal; a server stopped on purpose exits 0, not as an interrupted job.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     server.run(sockets=[sock])
 
 
