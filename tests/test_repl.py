@@ -19,15 +19,9 @@ from rich.console import Console
 
 from gptoss_mlx import harmony
 from gptoss_mlx.session import store as chatstore
+from gptoss_mlx.ui.commands import COMMANDS, SlashCompleter, closest_command
 from gptoss_mlx.ui.render import MarkdownTail, Renderer, footer_text
-from gptoss_mlx.ui.repl import (
-    COMMANDS,
-    Repl,
-    SlashCompleter,
-    closest_command,
-    message_text,
-    open_block,
-)
+from gptoss_mlx.ui.repl import Repl, message_text, open_block
 
 from . import fixtures_harmony
 
