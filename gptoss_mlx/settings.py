@@ -19,9 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import UserError
+from .harmony.messages import EFFORTS
+from .model import sampling
+from .model.config import MAX_CONTEXT
 from .paths import config_file
 
-EFFORTS = ("low", "medium", "high")
 SEARCH_BACKENDS = ("searxng", "brave", "exa", "duckduckgo")  # tools/browser/backends.py BACKENDS
 
 
@@ -139,18 +141,6 @@ def origin(s: Settings, key: str) -> str:
     return "the default"
 
 
-# Numeric settings: (lowest, highest) allowed; every one must also be finite.
-LIMITS: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 100.0),
-    "top_p": (0.0, 1.0),
-    "top_k": (0, 1_000_000),
-    "min_p": (0.0, 1.0),
-    "seed": (0, 2**64 - 1),
-    "max_tokens": (1, 131072),
-    "context": (16, 131072),
-}
-
-
 def _check_number(s: Settings, key: str, rule: str, ok: bool) -> None:
     value = getattr(s, key)
     if not ok or not math.isfinite(value):
@@ -164,17 +154,21 @@ def validate(s: Settings) -> Settings:
         raise UserError(
             f"effort must be one of {', '.join(EFFORTS)}, not {s.effort!r} (from {origin(s, 'effort')})"
         )
-    lo, hi = LIMITS["temperature"]
-    _check_number(s, "temperature", "between 0 (greedy) and 100", lo <= s.temperature <= hi)
-    _check_number(s, "top_p", "in (0, 1]", 0 < s.top_p <= 1)
-    _check_number(s, "top_k", "between 0 (off) and 1000000", 0 <= s.top_k <= LIMITS["top_k"][1])
-    _check_number(s, "min_p", "in [0, 1)", 0 <= s.min_p < 1)
-    if s.seed is not None:
-        _check_number(s, "seed", "between 0 and 2^64-1", 0 <= s.seed <= LIMITS["seed"][1])
+    for key in ("temperature", "top_p", "top_k", "min_p", "seed"):
+        value = getattr(s, key)
+        problem = None if value is None else sampling.check(key, value)
+        if problem:
+            raise UserError(
+                f"{key.replace('_', '-')} must be {problem}, not {value!r} (from {origin(s, key)})"
+            )
     if s.max_tokens is not None:
-        _check_number(s, "max_tokens", "between 1 and 131072", 1 <= s.max_tokens <= 131072)
+        _check_number(
+            s, "max_tokens", f"between 1 and {MAX_CONTEXT}", 1 <= s.max_tokens <= MAX_CONTEXT
+        )
     if s.context is not None:
-        _check_number(s, "context", "between 16 and 131072 tokens", 16 <= s.context <= 131072)
+        _check_number(
+            s, "context", f"between 16 and {MAX_CONTEXT} tokens", 16 <= s.context <= MAX_CONTEXT
+        )
     _check_number(
         s, "python_timeout", "more than 0 and at most 86400 seconds", 0 < s.python_timeout <= 86400
     )

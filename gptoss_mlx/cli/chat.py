@@ -160,11 +160,12 @@ def chat_cmd(
         )
     preflight(settings)
     if server:
+        from ..model.config import MAX_CONTEXT
         from ..session.open import session_settings
         from ..session.remote import RemoteSession
 
         session = RemoteSession(
-            server, model=model or "", settings=session_settings(settings, 131072)
+            server, model=model or "", settings=session_settings(settings, MAX_CONTEXT)
         )
     else:
         path = model_dir or model_path(

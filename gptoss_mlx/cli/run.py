@@ -366,7 +366,7 @@ def note_slow_start() -> None:
 def context_full_advice(session: Any) -> str:
     """What to do when a reply filled the context: raise --context only while it can grow."""
     limit = session.settings.context
-    top = getattr(session, "max_context", 131072)
+    top = session.max_context
     if limit < top:
         return (
             f"the reply was cut: the {limit}-token context is full; raise --context (up to {top})"

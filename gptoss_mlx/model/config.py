@@ -10,6 +10,8 @@ from typing import Any
 
 from ..errors import BadCheckpointError, ModelNotFoundError
 
+MAX_CONTEXT = 131072  # gpt-oss's longest context (max_position_embeddings of both sizes)
+
 HF_MXFP4 = "hf-mxfp4"  # the Hugging Face checkpoint as published (experts MXFP4 blocks/scales)
 MLX = "mlx"  # converted: ours, mlx_lm.convert's, mlx-community's
 
@@ -81,7 +83,7 @@ class ModelConfig:
     rms_norm_eps: float = 1e-5
     sliding_window: int = 128
     layer_types: list[str] = field(default_factory=list)
-    max_position_embeddings: int = 131072
+    max_position_embeddings: int = MAX_CONTEXT
     rope_theta: float = 150000.0
     rope_scaling: dict[str, Any] = field(default_factory=dict)
     swiglu_limit: float = 7.0
@@ -124,7 +126,7 @@ class ModelConfig:
             rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
             sliding_window=int(d.get("sliding_window") or 128),
             layer_types=list(layer_types),
-            max_position_embeddings=int(d.get("max_position_embeddings", 131072)),
+            max_position_embeddings=int(d.get("max_position_embeddings", MAX_CONTEXT)),
             rope_theta=float(d.get("rope_theta") or rope.get("rope_theta") or 150000.0),
             rope_scaling=rope,
             swiglu_limit=float(d.get("swiglu_limit", 7.0)),

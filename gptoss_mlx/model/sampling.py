@@ -10,17 +10,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import mlx.core as mx
+if TYPE_CHECKING:
+    import mlx.core as mx
+
 
 SEED_MAX = 2**64 - 1
 # name -> (lowest, highest, what the user is told); bounds are inclusive unless noted in `check`.
 RANGES: dict[str, tuple[float, float, str]] = {
-    "temperature": (0.0, 100.0, "a number from 0 (greedy) to 100"),
-    "top_p": (0.0, 1.0, "a number above 0 and at most 1"),
-    "top_k": (0, 2**31 - 1, "a whole number, 0 (off) or more"),
-    "min_p": (0.0, 1.0, "a number from 0 (off) to below 1"),
-    "seed": (0, SEED_MAX, "a whole number from 0 to 2^64-1"),
+    "temperature": (0.0, 100.0, "between 0 (greedy) and 100"),
+    "top_p": (0.0, 1.0, "in (0, 1]"),
+    "top_k": (0, 1_000_000, "between 0 (off) and 1000000"),
+    "min_p": (0.0, 1.0, "in [0, 1)"),
+    "seed": (0, SEED_MAX, "between 0 and 2^64-1"),
 }
 
 
@@ -59,6 +62,8 @@ class SamplerSettings:
 
 
 def apply_top_k(logits: mx.array, k: int) -> mx.array:
+    import mlx.core as mx
+
     if k <= 0 or k >= logits.shape[-1]:
         return logits
     kth = mx.sort(logits, axis=-1)[..., -k][..., None]
@@ -66,6 +71,8 @@ def apply_top_k(logits: mx.array, k: int) -> mx.array:
 
 
 def apply_min_p(logits: mx.array, min_p: float) -> mx.array:
+    import mlx.core as mx
+
     if min_p <= 0:
         return logits
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -74,6 +81,8 @@ def apply_min_p(logits: mx.array, min_p: float) -> mx.array:
 
 
 def apply_top_p(logits: mx.array, top_p: float) -> mx.array:
+    import mlx.core as mx
+
     if top_p >= 1:
         return logits
     logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -87,6 +96,8 @@ def apply_top_p(logits: mx.array, top_p: float) -> mx.array:
 
 def filter_logits(logits: mx.array, s: SamplerSettings) -> mx.array:
     """Temperature-scaled float32 logits with top-k, then min-p, then top-p applied."""
+    import mlx.core as mx
+
     logits = logits.astype(mx.float32) * (1.0 / s.temperature)
     logits = apply_top_k(logits, s.top_k)
     logits = apply_min_p(logits, s.min_p)
@@ -95,6 +106,8 @@ def filter_logits(logits: mx.array, s: SamplerSettings) -> mx.array:
 
 def make_sampler(s: SamplerSettings) -> Callable[[mx.array], mx.array]:
     """logits [1, V] -> token [1]. Temperature 0 is greedy."""
+    import mlx.core as mx
+
     if s.temperature == 0:
         return lambda logits: mx.argmax(logits, axis=-1)
     return lambda logits: mx.random.categorical(filter_logits(logits, s), axis=-1)

@@ -19,10 +19,10 @@ from typing import Any
 
 from .. import harmony
 from ..errors import ContextFullError, UserError
+from ..model.config import MAX_CONTEXT
 from ..model.generate import GenerationStats, generate
 from ..model.sampling import SamplerSettings, make_sampler
 
-MAX_CONTEXT = 131072
 __all__ = ["ChatSession", "GenerationStats", "SessionSettings", "TurnResult"]
 KEEP_SNAPSHOTS = 8
 
@@ -88,7 +88,7 @@ class ChatSession:
         self.last_stats: GenerationStats | None = None
         self.turns = 0
         self.model_path: Path | None = None  # where the model was loaded from (set by open)
-        self.max_context = 131072  # the model's largest context (the engine sets it)
+        self.max_context = MAX_CONTEXT  # the model's largest context (open_session sets it)
 
     # ---- conversation editing -------------------------------------------------------------
     def reset(self) -> None:

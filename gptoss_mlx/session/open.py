@@ -44,11 +44,11 @@ def open_session(
     from .. import harmony
     from ..errors import UserError
     from ..harmony.tokenizer import Tokenizer
-    from ..model.config import ModelConfig
+    from ..model.config import MAX_CONTEXT, ModelConfig
     from .chat import ChatSession
 
     cfg = ModelConfig.from_dir(path)
-    max_ctx = min(cfg.max_position_embeddings, 131072)
+    max_ctx = min(cfg.max_position_embeddings, MAX_CONTEXT)
     if settings.context and settings.context > max_ctx:
         raise UserError(
             f"--context {settings.context} is larger than the model's maximum of {max_ctx} tokens"

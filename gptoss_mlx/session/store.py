@@ -147,8 +147,14 @@ def _int_or_none(v: Any) -> bool:
     return v is None or (isinstance(v, int) and not isinstance(v, bool))
 
 
+def _efforts() -> tuple[str, ...]:
+    from ..harmony.messages import EFFORTS  # harmony loads only when a chat file is read
+
+    return EFFORTS
+
+
 _SETTING_CHECKS = {
-    "effort": lambda v: v in ("low", "medium", "high"),
+    "effort": lambda v: v in _efforts(),
     "instructions": lambda v: v is None or isinstance(v, str),
     "date": lambda v: v is None or isinstance(v, str),
     "max_tokens": lambda v: v is None or (_int_or_none(v) and v > 0),
