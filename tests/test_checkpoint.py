@@ -395,4 +395,4 @@ def test_script_cli_help():
         text=True,
         check=True,
     ).stdout
-    assert re.search(r"--preset \{20b,tiny\}", out) and "--layers" in out
+    assert re.search(r"--preset \{20b,tiny,tiny64\}", out) and "--layers" in out

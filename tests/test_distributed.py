@@ -143,7 +143,7 @@ def tiny_q8_checkpoint(tiny_checkpoint, tmp_path_factory) -> Path:
     from gptoss_mlx.hub.convert import convert
 
     out = tmp_path_factory.mktemp("q8") / "tiny-q8"
-    convert(tiny_checkpoint, out, rest="q8", verify=False, progress=False)
+    convert(tiny_checkpoint, out, rest="q8", verify=False)
     return out
 
 

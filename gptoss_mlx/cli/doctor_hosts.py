@@ -223,7 +223,7 @@ def selftest(model: str, strategy: str, prompt_len: int = 2100, new: int = 8) ->
     from ..backend.distributed import backend_name, barrier, choose_strategy, current_group
     from ..hub.local import resolve_model
     from ..model.sharded_load import sharded_load
-    from .distributed import PIPELINE, TENSOR
+    from ..backend.distributed import PIPELINE, TENSOR
 
     group = current_group()
     if group is None:
