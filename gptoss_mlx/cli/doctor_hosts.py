@@ -220,10 +220,16 @@ def collective_row(group: Any) -> Row:
 
 def selftest(model: str, strategy: str, prompt_len: int = 2100, new: int = 8) -> list[Row]:
     """Run on every rank: the collective check and the fidelity check (rows valid on rank 0)."""
-    from ..backend.distributed import backend_name, barrier, choose_strategy, current_group
+    from ..backend.distributed import (
+        PIPELINE,
+        TENSOR,
+        backend_name,
+        barrier,
+        choose_strategy,
+        current_group,
+    )
     from ..hub.local import resolve_model
     from ..model.sharded_load import sharded_load
-    from ..backend.distributed import PIPELINE, TENSOR
 
     group = current_group()
     if group is None:
