@@ -167,10 +167,13 @@ def remove_stale_partials(parent: Path | str) -> list[Path]:
     return [p for p in gone if not p.exists()]
 
 
-def tree_size(path: Path) -> int:
+def tree_size(path: Path, *, follow_links: bool = False) -> int:
+    """Bytes of the files under `path`; `follow_links` counts what symlinks point at (the hub
+    cache's snapshots link to its blobs)."""
+    size = os.stat if follow_links else os.lstat
     total = 0
     for root, _, files in os.walk(path):
         for name in files:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
+                total += size(os.path.join(root, name)).st_size
     return total

@@ -7,7 +7,6 @@ rather than through huggingface_hub, whose import would cost every `gptoss run` 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -18,6 +17,7 @@ from typing import Any
 
 from ..checkpoint.contents import is_complete, tensors
 from ..errors import BadCheckpointError, ModelNotFoundError, UserError
+from ..fsutil import tree_size
 from ..paths import models_dir
 from ..units import human_bytes
 from . import download as hub
@@ -93,12 +93,7 @@ def describe_quantization(model_dir: Path) -> str:
 
 def dir_size(path: Path) -> int:
     """Bytes of the files under `path`, following the cache's symlinks to their blobs."""
-    total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.stat(os.path.join(root, name)).st_size
-    return total
+    return tree_size(path, follow_links=True)
 
 
 def format_label(model_dir: Path) -> str:

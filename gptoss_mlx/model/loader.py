@@ -100,7 +100,9 @@ def cast_activations(model: Model, dtype: mx.Dtype) -> None:
     model.update(tree_unflatten([(k, cast(k, v)) for k, v in params]))
 
 
-def load_model(path: Any, dtype: str | None = None) -> Model:
+def checked_source(path: Any, dtype: str | None) -> tuple[Path, ModelConfig, str]:
+    """The model directory, its config and the activation dtype (this device's default if None),
+    or a one-line error for a missing model or an unknown dtype."""
     from ..backend.device import default_dtype
 
     path = Path(path).expanduser()
@@ -110,6 +112,11 @@ def load_model(path: Any, dtype: str | None = None) -> Model:
     dtype = dtype or default_dtype()
     if dtype not in DTYPES:
         raise BadCheckpointError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
+    return path, cfg, dtype
+
+
+def load_model(path: Any, dtype: str | None = None) -> Model:
+    path, cfg, dtype = checked_source(path, dtype)
     weights = read_weights(path, cfg)
     model = build_model(cfg, weights)
     del weights

@@ -147,14 +147,9 @@ def metal_working_set_bytes() -> int | None:
     """The GPU working-set limit Metal recommends (what the wired limit sysctl raises)."""
     if not metal_available():
         return None
-    import mlx.core as mx
+    from ..backend.device import metal_working_set_limit
 
-    info_fn = getattr(mx, "device_info", None) or mx.metal.device_info
-    try:
-        value = info_fn().get("max_recommended_working_set_size")
-    except Exception:
-        return None
-    return int(value) if value else None
+    return metal_working_set_limit()
 
 
 def wired_limit_mb() -> int | None:

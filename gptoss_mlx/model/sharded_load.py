@@ -18,7 +18,7 @@ import mlx.nn as nn
 import numpy as np
 
 from ..checkpoint.layout import EXPERT_RE, infer_quant
-from ..errors import BadCheckpointError, ModelNotFoundError, NotEnoughMemoryError
+from ..errors import NotEnoughMemoryError
 from . import sharding as dist
 from .config import HF_MXFP4, ModelConfig
 from .gpt_oss import Model, SwitchLinear
@@ -158,17 +158,10 @@ def sharded_load(
 
     With `fallback` a model that tensor parallelism cannot split is split as a pipeline instead
     (the layout's note says why)."""
-    from ..backend.device import default_dtype
     from ..checkpoint.safetensors import ShardedCheckpoint
-    from .loader import DTYPES
+    from .loader import DTYPES, checked_source
 
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise ModelNotFoundError(f"no model at {path}; run `gptoss models` to list local models")
-    cfg = ModelConfig.from_dir(path)
-    dtype = dtype or default_dtype()
-    if dtype not in DTYPES:
-        raise BadCheckpointError(f"unknown dtype {dtype!r}; use float32 or bfloat16")
+    path, cfg, dtype = checked_source(path, dtype)
     ckpt = ShardedCheckpoint(path)
     plan = param_sources(ckpt, cfg)
     model = skeleton(cfg, {k: m for k, (_s, m) in plan.items()})
