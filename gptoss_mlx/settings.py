@@ -154,7 +154,7 @@ def validate(s: Settings) -> Settings:
         raise UserError(
             f"effort must be one of {', '.join(EFFORTS)}, not {s.effort!r} (from {origin(s, 'effort')})"
         )
-    for key in ("temperature", "top_p", "top_k", "min_p", "seed"):
+    for key in sampling.SAMPLER_KEYS:
         value = getattr(s, key)
         problem = None if value is None else sampling.check(key, value)
         if problem:

@@ -43,6 +43,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 if __package__ in (None, ""):  # run as a script: make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gptoss_mlx.checkpoint.layout import interleave_gate_up
 from gptoss_mlx.checkpoint.safetensors import (
     ShardedCheckpoint,
     ShardWriter,
@@ -823,9 +824,9 @@ def _hf_tensors(student: Student, weights: list[tuple[str, mx.array]]) -> dict[s
     for i in range(len(model.layers)):
         p = f"model.layers.{i}.mlp.experts."
         gate, up = params[p + "gate_proj.bias"], params[p + "up_proj.bias"]
-        interleaved = np.empty((gate.shape[0], 2 * gate.shape[1]), dtype=np.float32)
-        interleaved[:, ::2], interleaved[:, 1::2] = gate, up  # HF rows alternate gate, up
-        out[p + "gate_up_proj_bias"] = interleaved
+        out[p + "gate_up_proj_bias"] = interleave_gate_up(
+            np.asarray(gate, dtype=np.float32), np.asarray(up, dtype=np.float32), axis=-1
+        )
     embed = model.model.embed_tokens
     out["model.embed_tokens.weight"] = embed.full_table(student.in_vocab)
     head = np.zeros((model.config.vocab_size, model.config.hidden_size), dtype=np.float32)

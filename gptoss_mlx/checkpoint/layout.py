@@ -16,6 +16,8 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
+
 EXPERT_RE = re.compile(
     r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)_(blocks|scales|bias)$"
 )
@@ -71,13 +73,29 @@ def hf_to_mlx(name: str, value: Any) -> Iterator[tuple[str, Any]]:
     if proj == "down_proj":
         yield f"{prefix}.down_proj.{suffix}", value
         return
-    # gate_up rows (or bias entries) interleave gate, up, gate, up.
-    if part == "bias":
-        yield f"{prefix}.gate_proj.bias", _contiguous(value[..., ::2])
-        yield f"{prefix}.up_proj.bias", _contiguous(value[..., 1::2])
-    else:
-        yield f"{prefix}.gate_proj.{suffix}", _contiguous(value[..., ::2, :])
-        yield f"{prefix}.up_proj.{suffix}", _contiguous(value[..., 1::2, :])
+    axis = -1 if part == "bias" else -2
+    yield f"{prefix}.gate_proj.{suffix}", _contiguous(gate_up_part(value, GATE, axis))
+    yield f"{prefix}.up_proj.{suffix}", _contiguous(gate_up_part(value, UP, axis))
+
+
+GATE, UP = 0, 1  # the two halves of the HF `gate_up_proj`
+
+
+def gate_up_part(value: np.ndarray, part: int, axis: int) -> np.ndarray:
+    """GATE or UP of an HF `gate_up_proj` tensor, whose rows along `axis` alternate gate, up."""
+    index = [slice(None)] * value.ndim
+    index[axis] = slice(part, None, 2)
+    return value[tuple(index)]
+
+
+def interleave_gate_up(gate: np.ndarray, up: np.ndarray, axis: int) -> np.ndarray:
+    """The HF layout from separate gate and up tensors (the inverse of gate_up_part)."""
+    out = np.empty_like(np.concatenate([gate, up], axis=axis))
+    index = [slice(None)] * out.ndim
+    for part, value in ((GATE, gate), (UP, up)):
+        index[axis] = slice(part, None, 2)
+        out[tuple(index)] = value
+    return out
 
 
 def infer_quant(

@@ -37,19 +37,6 @@ from .options import (
     settings_from,
 )
 
-# Settings a saved chat brings back unless given again on the command line.
-_CHAT_SETTINGS = (
-    "effort",
-    "instructions",
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "seed",
-    "max_tokens",
-)
-_SAMPLER = ("temperature", "top_p", "top_k", "min_p", "seed")
-
 
 class LaunchedChatError(UserError):
     """`gptoss chat` started by mlx.launch: no terminal, stdin broadcast to every rank."""
@@ -220,10 +207,13 @@ def _saved_model(record: dict[str, Any]) -> Path | None:
 
 def _reapply_flags(session: Any, settings: Any) -> None:
     """Options given on the command line win over those stored in the resumed chat."""
-    for key in _CHAT_SETTINGS:
-        if settings.sources.get(key) != "flag":
+    from ..model.sampling import SAMPLER_KEYS
+    from ..session.chat import RESTORED_SETTINGS
+
+    for key in (*RESTORED_SETTINGS, *SAMPLER_KEYS):
+        if key == "date" or settings.sources.get(key) != "flag":
             continue
-        target = session.settings.sampler if key in _SAMPLER else session.settings
+        target = session.settings.sampler if key in SAMPLER_KEYS else session.settings
         setattr(target, key, getattr(settings, key))
 
 

@@ -27,6 +27,9 @@ RANGES: dict[str, tuple[float, float, str]] = {
 }
 
 
+SAMPLER_KEYS = tuple(RANGES)  # the sampler's settings, in the order users see them
+
+
 def check(name: str, value: float | int) -> str | None:
     """None when `value` is valid for sampler setting `name`, else what it must be."""
     low, high, must = RANGES[name]
@@ -52,7 +55,7 @@ class SamplerSettings:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("temperature", "top_p", "top_k", "min_p", "seed"):
+        for name in SAMPLER_KEYS:
             value = getattr(self, name)
             if value is None and name == "seed":
                 continue

@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint.layout import EXPERT_RE, infer_quant
+from ..checkpoint.layout import EXPERT_RE, gate_up_part, infer_quant
 from ..errors import NotEnoughMemoryError
 from . import sharding as dist
 from .config import HF_MXFP4, ModelConfig
@@ -102,7 +102,7 @@ def read_share(
             lo, hi = dist.split_range(a.shape[src_axis], layout)
             a = a[(slice(None),) * src_axis + (slice(lo, hi),)]
         if src.interleave is not None:
-            a = a[:, src.interleave :: 2]
+            a = gate_up_part(a, src.interleave, 1)
         a = np.ascontiguousarray(a)
     finally:
         f.close()  # drop the map: pages touched stay out of this process's memory

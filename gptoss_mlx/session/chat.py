@@ -21,9 +21,13 @@ from .. import harmony
 from ..errors import ContextFullError, UserError
 from ..model.config import MAX_CONTEXT
 from ..model.generate import GenerationStats, generate
-from ..model.sampling import SamplerSettings, make_sampler
+from ..model.sampling import SAMPLER_KEYS, SamplerSettings, make_sampler
 
 __all__ = ["ChatSession", "GenerationStats", "SessionSettings", "TurnResult"]
+# What a saved chat keeps of its settings (besides the sampler's), and what loading one brings
+# back: the context stays the one this run was opened with.
+SAVED_SETTINGS = ("effort", "instructions", "max_tokens", "context", "date")
+RESTORED_SETTINGS = ("effort", "instructions", "max_tokens", "date")
 KEEP_SNAPSHOTS = 8
 
 
@@ -342,33 +346,19 @@ class ChatSession:
     # ---- persistence -----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         s = self.settings
-        return {
-            "messages": [m.to_dict() for m in self.messages],
-            "settings": {
-                "effort": s.effort,
-                "instructions": s.instructions,
-                "max_tokens": s.max_tokens,
-                "context": s.context,
-                "date": s.date,
-                "temperature": s.sampler.temperature,
-                "top_p": s.sampler.top_p,
-                "top_k": s.sampler.top_k,
-                "min_p": s.sampler.min_p,
-                "seed": s.sampler.seed,
-            },
-        }
+        saved = {k: getattr(s, k) for k in SAVED_SETTINGS}
+        saved.update({k: getattr(s.sampler, k) for k in SAMPLER_KEYS})
+        return {"messages": [m.to_dict() for m in self.messages], "settings": saved}
 
     def load_dict(self, d: dict[str, Any]) -> None:
         self.messages = [harmony.Message.from_dict(m) for m in d.get("messages", [])]
         st = d.get("settings", {})
-        s = self.settings
-        s.effort = st.get("effort", s.effort)
-        s.instructions = st.get("instructions", s.instructions)
-        s.max_tokens = st.get("max_tokens", s.max_tokens)
-        s.date = st.get("date", s.date)
-        for k in ("temperature", "top_p", "top_k", "min_p", "seed"):
+        for k in RESTORED_SETTINGS:
             if k in st:
-                setattr(s.sampler, k, st[k])
+                setattr(self.settings, k, st[k])
+        for k in SAMPLER_KEYS:
+            if k in st:
+                setattr(self.settings.sampler, k, st[k])
 
 
 def _call_tokens(written: list[int]) -> list[int]:
