@@ -70,6 +70,8 @@ from gptoss_mlx.harmony.tokenizer import harmony_encodings_dir
 from gptoss_mlx.model.gpt_oss import MLP, Model, SwitchLinear
 from gptoss_mlx.model.loader import load_model
 from scripts.make_checkpoint import PRESETS, make_checkpoint
+from scripts.tiny_browser_pages import QUERY, browser_pages, with_port
+from scripts.tiny_browser_pages import SOURCES as BROWSER_SOURCES
 
 EXAMPLES_FILE = "harmony_examples.json"
 PRESET = "tiny"
@@ -162,6 +164,49 @@ def _sample_python(rng: random.Random) -> str:
     return python_description(directory, timeout, rng.random() < 0.2)
 
 
+# Stand-ins for the browser's pages, rendered when the curriculum is (scripts/tiny_browser_pages.py).
+_RESULTS_PAGE, _OPENED_PAGE = "\x00results\x00", "\x00opened\x00"
+_WEB_QUESTION = "Search the web for the gptoss test page."
+_WEB_THOUGHT = "Search the web for it."
+_WEB_OPEN_THOUGHT = "Open the first result."
+_WEB_SEARCH = Message(
+    "assistant",
+    json.dumps({"query": QUERY}),
+    channel="analysis",
+    recipient="browser.search",
+    content_type="code",
+)
+_WEB_OPEN = Message(
+    "assistant", '{"id": 0}', channel="analysis", recipient="browser.open", content_type="code"
+)
+
+
+def _browser_examples(results: str, page: str) -> list[Example]:
+    """Search, open the first result, answer citing lines of the opened page (cursor 1). The
+    pages hold `PORT`, filled in per variant."""
+    searched = [
+        _user(_WEB_QUESTION),
+        _analysis(_WEB_THOUGHT),
+        _WEB_SEARCH,
+        tool_result("browser.search", results, channel="analysis"),
+    ]
+    opened = [
+        *searched,
+        _analysis(_WEB_OPEN_THOUGHT),
+        _WEB_OPEN,
+        tool_result("browser.open", page, channel="analysis"),
+    ]
+    answer = [
+        _analysis("The page is titled Links and lists."),
+        _final("The gptoss test page is titled Links and lists【1†L2-L3】."),
+    ]
+    return [
+        Example("browser_search_call", searched[:1], searched[1:3], browser=True),
+        Example("browser_open_call", searched, [opened[4], _WEB_OPEN], browser=True),
+        Example("browser_answer", opened, answer, browser=True),
+    ]
+
+
 @dataclass
 class Example:
     """A conversation (without system and developer messages) and the reply the model must write."""
@@ -171,6 +216,7 @@ class Example:
     reply: list[Message]
     tools: bool = False
     python: bool = False  # the python tool is declared in the system message
+    browser: bool = False  # the browser tool is declared in the system message
 
 
 EXAMPLES: list[Example] = [
@@ -251,6 +297,7 @@ EXAMPLES: list[Example] = [
         )
         for name, output in (("python_result", "42\n"), ("python_result_bare", "42"))
     ),
+    *_browser_examples(_RESULTS_PAGE, _OPENED_PAGE),
     Example(  # the long reply, for --max-tokens and Ctrl-C tests
         "count",
         [_user("Count from 1 to 30.")],
@@ -262,7 +309,9 @@ EXAMPLES: list[Example] = [
 CANONICAL_PYTHON = python_description("/home/user/.local/share/gptoss/python/20250628-120000-0a1b")
 CANONICAL = {
     "date": "2025-06-28", "effort": "medium", "instructions": None, "python": CANONICAL_PYTHON,
+    "port": 40123,
 }  # fmt: skip
+PORTS = (1024, 65536)  # the stand-in web's port shows in the browser's pages
 EFFORTS = ("low", "medium", "high")
 TRAIN_DATES = (dt.date(2023, 1, 1), dt.date(2036, 12, 31))
 TRAIN_INSTRUCTIONS = (
@@ -281,21 +330,24 @@ CHECKED = [
         "effort": "high",
         "instructions": "Keep your answers short.",
         "python": python_description(_UNSEEN_DIRS[0], 45.0, True),
+        "port": 59871,
     },
     {
         "date": "2019-10-02",
         "effort": "low",
         "instructions": None,
         "python": python_description(_UNSEEN_DIRS[1], 120.0),
+        "port": 33219,
     },
     {
         "date": None,
         "effort": "medium",
         "instructions": "Answer concisely.",
         "python": CANONICAL_PYTHON,
+        "port": 8080,
     },
 ] + [
-    {"date": date, "effort": effort, "instructions": instructions, "python": CANONICAL_PYTHON}
+    {**CANONICAL, "date": date, "effort": effort, "instructions": instructions}
     for date, effort, instructions in itertools.product(
         ("2025-06-28", "2031-11-05"), EFFORTS, (None, "Answer concisely.")
     )
@@ -310,6 +362,7 @@ def prompt_options(example: Example, variant: dict[str, Any]) -> PromptOptions:
         tools=[WEATHER_TOOL] if example.tools else [],
         python_tool=example.python,
         python_description=variant["python"] if example.python else None,
+        browser_tool=example.browser,
     )
 
 
@@ -325,6 +378,7 @@ def _sample_variant(rng: random.Random) -> dict[str, Any]:
         "effort": rng.choice(EFFORTS),
         "instructions": instructions,
         "python": python,
+        "port": rng.randrange(*PORTS),
     }
 
 
@@ -398,20 +452,33 @@ class Curriculum:
 
     def __init__(self, enc: oh.HarmonyEncoding, examples: Sequence[Example] = EXAMPLES) -> None:
         self.enc = enc
+        self.pages = dict(zip((_RESULTS_PAGE, _OPENED_PAGE), browser_pages(enc), strict=True))
         self.examples = list(examples)
         self.replies = [render_reply(enc, e.reply) for e in self.examples]
         self._cache: dict[tuple, list[Rendered]] = {}
 
     def render(self, variant: dict[str, Any]) -> list[Rendered]:
-        key = (variant["date"], variant["effort"], variant["instructions"], variant["python"])
+        key = tuple(variant[k] for k in ("date", "effort", "instructions", "python", "port"))
         if key not in self._cache:
             self._cache[key] = [
                 Rendered(
-                    e, variant, render_prompt(self.enc, e.messages, prompt_options(e, variant)), r
+                    e,
+                    variant,
+                    render_prompt(self.enc, self.messages(e, variant), prompt_options(e, variant)),
+                    r,
                 )
                 for e, r in zip(self.examples, self.replies, strict=True)
             ]
         return self._cache[key]
+
+    def messages(self, example: Example, variant: dict[str, Any]) -> list[Message]:
+        """The example's conversation with the browser's pages, at the variant's port."""
+        return [
+            replace(m, content=with_port(self.pages[m.content], variant["port"]))
+            if m.content in self.pages
+            else m
+            for m in example.messages
+        ]
 
     def reply_vocab(self) -> list[int]:
         return sorted({t for r in self.replies for t in r})
@@ -421,16 +488,16 @@ class Curriculum:
         it never sees keep their random embeddings)."""
         tokens = {t for r in self.render(CANONICAL) for t in r.tokens}
         for effort, instructions in itertools.product(EFFORTS, (None, *TRAIN_INSTRUCTIONS)):
-            variant = {
-                "date": None, "effort": effort, "instructions": instructions,
-                "python": CANONICAL_PYTHON,
-            }  # fmt: skip
+            variant = {**CANONICAL, "date": None, "effort": effort, "instructions": instructions}
             tokens.update(t for r in self.render(variant) for t in r.tokens)
         first, last = TRAIN_DATES
         dates = (first + dt.timedelta(days=d) for d in range((last - first).days + 1))
         tokens.update(self.enc.encode("".join(f"Current date: {d.isoformat()}\n" for d in dates)))
         rng = random.Random(1)
         tokens.update(self.enc.encode("\n".join(_sample_python(rng) for _ in range(200))))
+        pages = "\n".join(self.pages.values())
+        for port in [rng.randrange(*PORTS) for _ in range(200)]:
+            tokens.update(self.enc.encode(with_port(pages, port)))
         return sorted(tokens)
 
 
@@ -876,7 +943,9 @@ def _examples_json(curriculum: Curriculum, result: TrainResult, seed: int) -> di
         examples.append(
             {
                 "name": e.name,
-                "messages": [m.to_dict() for m in as_written(enc, e.messages)],
+                "messages": [
+                    m.to_dict() for m in as_written(enc, curriculum.messages(e, CANONICAL))
+                ],
                 "options": prompt_options(e, CANONICAL).to_dict(),
                 "prompt_tokens": r.prompt,
                 "reply": [m.to_dict() for m in e.reply],
@@ -954,6 +1023,7 @@ _SOURCES = (
     "gptoss_mlx/checkpoint/mxfp4.py",
     "gptoss_mlx/harmony/tokenizer.py",
     "scripts/train_tiny_harmony.py",
+    *BROWSER_SOURCES,
 )
 
 

@@ -71,7 +71,8 @@ def minimal_pdf(lines: list[str], title: str = "Test PDF") -> bytes:
 
 
 class Web:
-    def __init__(self) -> None:
+    def __init__(self, local: bool = False) -> None:
+        self.local = local  # search results point at 127.0.0.1 (for subprocesses: no fake DNS)
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.big_sent = 0
         self.stall = threading.Event()  # set to let /slow and /hang finish
@@ -83,7 +84,11 @@ class Web:
         return f"http://{host}:{self.port}{path}"
 
     def results(self) -> list[tuple[str, str, str]]:
-        return [(t, u.format(port=self.port), s) for t, u, s in RESULTS]
+        out = [(t, u.format(port=self.port), s) for t, u, s in RESULTS]
+        if self.local:
+            for host in ("docs.example.org", "files.example.net"):
+                out = [(t, u.replace(f"//{host}:", "//127.0.0.1:"), s) for t, u, s in out]
+        return out
 
 
 def _handler(web: Web) -> type[BaseHTTPRequestHandler]:
@@ -264,8 +269,8 @@ _PREFIX_ROUTES = [("/hop/", _redirect), ("/", _golden_page)]
 
 
 @contextmanager
-def serve() -> Iterator[Web]:
-    web = Web()
+def serve(local: bool = False) -> Iterator[Web]:
+    web = Web(local)
     thread = threading.Thread(target=web.server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -1,7 +1,8 @@
 """The tiny harmony-speaking model (scripts/train_tiny_harmony.py), built once and cached.
 
-The cache key hashes the checkpoint generator's and the trainer's sources, so editing either
-rebuilds the model (about a minute); otherwise every session reuses
+The cache key hashes the checkpoint generator's and the trainer's sources, and those of the
+browser pages its browsing example shows (scripts/tiny_browser_pages.py), so editing any of them
+rebuilds the model (one to three minutes); otherwise every session reuses
 `.cache/fixtures/harmony-<hash>`.
 """
 
