@@ -135,33 +135,7 @@ def chat_cmd(
         else None
     )
 
-    from ..session.open import open_session
-    from ..session.tool_setup import preflight
-    from .resolve import model_path
-    from .run import note_slow_start
-
-    if server and (settings.python or settings.browser or settings.mcp or settings.tools):
-        raise UserError(
-            "tools run where the model runs: start the server with them instead of "
-            "`chat --server` (tools over --server are not supported yet)"
-        )
-    preflight(settings)
-    if server:
-        from ..model.config import MAX_CONTEXT
-        from ..session.open import session_settings
-        from ..session.remote import RemoteSession
-
-        session = RemoteSession(
-            server, model=model or "", settings=session_settings(settings, MAX_CONTEXT)
-        )
-    else:
-        path = model_dir or model_path(
-            settings.model, yes=settings.yes, interactive=sys.stdin.isatty()
-        )
-        session = open_session(
-            settings, path, on_warning=lambda text: print(f"warning: {text}", file=sys.stderr)
-        )
-    note_slow_start()
+    session = _open_session(settings, server, model, model_dir)
     saver = chatstore.Autosaver()
     if record is not None:
         chatstore.apply_record(session, record)
@@ -189,6 +163,39 @@ def chat_cmd(
         repl.renderer.recap(session.messages)
     if not run_chat(repl, settings, saver.id):
         raise typer.Exit(UserError.exit_code)  # scripts must not take a lost chat for a kept one
+
+
+def _open_session(settings: Any, server: str | None, model: str | None, model_dir: Any) -> Any:
+    """The chat's session: over HTTP with --server, else the model (a resumed chat's own model
+    unless -m says otherwise), after the tools' preflight checks."""
+    from ..session.open import open_session
+    from ..session.tool_setup import preflight
+    from .resolve import model_path
+    from .run import note_slow_start
+
+    if server and (settings.python or settings.browser or settings.mcp or settings.tools):
+        raise UserError(
+            "tools run where the model runs: start the server with them instead of "
+            "`chat --server` (tools over --server are not supported yet)"
+        )
+    preflight(settings)
+    if server:
+        from ..model.config import MAX_CONTEXT
+        from ..session.open import session_settings
+        from ..session.remote import RemoteSession
+
+        session = RemoteSession(
+            server, model=model or "", settings=session_settings(settings, MAX_CONTEXT)
+        )
+    else:
+        path = model_dir or model_path(
+            settings.model, yes=settings.yes, interactive=sys.stdin.isatty()
+        )
+        session = open_session(
+            settings, path, on_warning=lambda text: print(f"warning: {text}", file=sys.stderr)
+        )
+    note_slow_start()
+    return session
 
 
 def _saved_model(record: dict[str, Any]) -> Path | None:
