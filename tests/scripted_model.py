@@ -2,7 +2,8 @@
 
 It stands in for `Model` wherever exact token sequences matter (the tool loop, the server): every
 time the tokens fed so far end with `<|start|>assistant` (the end of a completion prompt, also
-after a tool result), the next scripted reply starts; each following decode step emits its next
+after a tool result), perhaps followed by a header written for the model, the next scripted
+reply starts; each following decode step emits its next
 token. Its cache records the token ids it was fed, so snapshots and restores behave like the real
 caches, and `calls` records what each forward pass was given (for exact prefill counts).
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-START, ASSISTANT, END = 200006, 173781, 200007
+START, ASSISTANT, END, MESSAGE = 200006, 173781, 200007, 200008
 VOCAB = 201088
 
 
@@ -92,7 +93,7 @@ class ScriptedModel:
             and 0 < self._pos <= len(self._reply)
             and ids[0] == self._reply[self._pos - 1]
         )
-        if fed[-2:] == [START, ASSISTANT] and not decode_step:
+        if _opens_reply(fed) and not decode_step:
             if self._next >= len(self.replies):
                 raise AssertionError(f"ScriptedModel: only {len(self.replies)} replies scripted")
             self._reply, self._pos = self.replies[self._next], 0
@@ -103,3 +104,13 @@ class ScriptedModel:
         if not last_only and len(ids) > 1:
             logits = mx.repeat(logits, len(ids), axis=1)
         return logits
+
+
+def _opens_reply(fed: list[int]) -> bool:
+    """The tokens fed end a prompt: `<|start|>assistant`, perhaps followed by (part of) a header
+    written for the model (a forced tool call)."""
+    if START not in fed:
+        return False
+    i = len(fed) - 1 - fed[::-1].index(START)
+    tail = fed[i + 2 :]
+    return fed[i + 1 : i + 2] == [ASSISTANT] and len(tail) <= 24 and MESSAGE not in tail[:-1]

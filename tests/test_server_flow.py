@@ -100,21 +100,21 @@ def test_queue_limit_503(enc) -> None:
     model, engine, running = start(enc, [LONG, LONG], model_type=SlowModel, max_queue=1)
     with running as url, httpx.Client(timeout=30) as http:
         body = {"model": "gpt-oss-20b", "stream": True}
-        with (
-            http.stream("POST", url + "/v1/chat/completions",
-                        json={**body, "messages": [{"role": "user", "content": "a"}]}) as first,
-            http.stream("POST", url + "/v1/chat/completions",
-                        json={**body, "messages": [{"role": "user", "content": "b"}]}) as second,
-        ):  # fmt: skip
+        with http.stream("POST", url + "/v1/chat/completions",
+                         json={**body, "messages": [{"role": "user", "content": "a"}]}) as first:  # fmt: skip
             first_lines = first.iter_lines()  # held: a dropped iterator closes the connection
-            next(first_lines)
-            assert second.status_code == 200  # waiting behind the first
-            third = http.post(
-                url + "/v1/chat/completions",
-                json={"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "c"}]},
-            )
-            assert third.status_code == 503, third.text
-            assert "--max-queue" in third.json()["error"]["message"]
+            while '"content":"la' not in next(first_lines).replace(" ", ""):
+                pass  # until the first is generating (its opening chunk comes before it starts)
+            second = http.stream("POST", url + "/v1/chat/completions",
+                                 json={**body, "messages": [{"role": "user", "content": "b"}]})  # fmt: skip
+            with second as second:
+                assert second.status_code == 200  # waiting behind the first
+                third = http.post(
+                    url + "/v1/chat/completions",
+                    json={"model": "gpt-oss-20b", "messages": [{"role": "user", "content": "c"}]},
+                )
+                assert third.status_code == 503, third.text
+                assert "--max-queue" in third.json()["error"]["message"]
 
 
 def test_responses_stream_and_previous_response_id(enc) -> None:

@@ -393,6 +393,7 @@ def result_json(session: Any, result: Any) -> dict[str, Any]:
             "prompt_tokens": s.prompt_tokens,
             "completion_tokens": s.generated_tokens,
             "total_tokens": s.prompt_tokens + s.generated_tokens,
+            "completion_tokens_details": {"reasoning_tokens": s.reasoning_tokens},
         },
         "timings": {
             "time_to_first_token_s": round(s.time_to_first_token, 4),

@@ -55,6 +55,9 @@ def with_tool_records(data: dict[str, Any], loop: Any) -> dict[str, Any]:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            "completion_tokens_details": {
+                "reasoning_tokens": sum(s.reasoning_tokens for s in stats)
+            },
             "replies": len(stats),
         }
         data["timings"]["total_s"] = round(sum(s.wall_seconds for s in stats), 4)

@@ -126,12 +126,15 @@ class ReplyParser:
         self.warnings: list[str] = []
         self.stop_token: int | None = None
         self.incomplete = False
+        self.reasoning_tokens = 0  # tokens of analysis messages, headers and ends included
+        self._message_tokens = 0  # tokens since the last message closed
 
     # public -------------------------------------------------------------------------------
 
     def feed(self, token: int) -> list[Event]:
         events: list[Event] = []
         token = int(token)  # numpy / mlx scalars from the sampler
+        self._message_tokens += 1
         self.stop_token = token if token in STOP_TOKENS else None
         if self._state is _State.CONTENT:
             self._in_content(token, events)
@@ -345,6 +348,9 @@ class ReplyParser:
         self._emit(self._flush_decoder(opened), events)
         header = opened.header
         channel = normalise_channel(header.channel, header.recipient)
+        if channel == "analysis":
+            self.reasoning_tokens += self._message_tokens
+        self._message_tokens = 0
         content = "".join(opened.parts)
         self._messages.append(
             Message("assistant", content, channel, header.recipient, header.content_type)

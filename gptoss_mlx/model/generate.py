@@ -23,6 +23,7 @@ class GenerationStats:
     prompt_tokens: int = 0  # tokens in the prompt
     prefilled_tokens: int = 0  # of those, tokens that had to be run (the rest came from the cache)
     generated_tokens: int = 0
+    reasoning_tokens: int = 0  # of those, tokens of analysis messages (set by the session)
     time_to_first_token: float = 0.0
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0

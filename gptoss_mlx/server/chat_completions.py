@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import harmony
 from ..session.chat import GenerationStats
-from . import sse
+from . import sse, tool_choice
 from .engine import Finished, Generation, ServerEngine, Started
 from .errors import ApiError
 from .schemas import ChatMessage, ChatRequest, normalise_effort, part_text
@@ -116,16 +116,18 @@ def request_effort(req: ChatRequest) -> str | None:
 
 def to_generation(req: ChatRequest, engine: ServerEngine) -> Generation:
     messages, instructions = to_messages(req.messages)
+    tools = _tools(req)
+    choice = tool_choice.parse(req.tool_choice, [t.name for t in tools])
     settings = engine.settings(
         effort=request_effort(req),
         instructions=instructions,
-        tools=_tools(req),
+        tools=tools,
         max_tokens=req.max_completion_tokens or req.max_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
         seed=req.seed,
     )
-    return engine.prepare(Generation(messages, settings))
+    return engine.prepare(Generation(messages, settings, tool_choice=choice))
 
 
 # --------------------------------------------------------------------------- replies
@@ -176,6 +178,7 @@ def usage(stats: GenerationStats | None) -> dict[str, Any]:
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cached},
+        "completion_tokens_details": {"reasoning_tokens": stats.reasoning_tokens if stats else 0},
     }
 
 

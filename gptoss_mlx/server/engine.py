@@ -19,6 +19,7 @@ from ..session.chat import GenerationStats, SessionSettings
 from ..session.prompt_cache import CacheEntry, PromptCache, RequestSession
 from . import builtin
 from .errors import ApiError
+from .tool_choice import ToolChoice
 
 log = logging.getLogger("gptoss.server")
 
@@ -56,6 +57,7 @@ class Generation:
     settings: SessionSettings
     prompt: list[int] = field(default_factory=list)  # rendered by ServerEngine.prepare
     builtin: dict[str, Any] = field(default_factory=dict)  # enabled built-in tools by namespace
+    tool_choice: ToolChoice | None = None  # a call the reply must make ("required" or named)
 
 
 class _Cancelled(Exception):
@@ -161,17 +163,25 @@ class ServerEngine:
             import mlx.core as mx
 
             mx.random.seed(gen.settings.sampler.seed)
-        prompt = gen.prompt
+        prompt, written_before = gen.prompt, 0
+        choice = gen.tool_choice
         functions = {spec.name for spec in gen.settings.tools}
-        for round_ in range(builtin.MAX_CALLS + 1):
-            events = session.stream(prompt)
+        total: GenerationStats | None = None
+        calls = 0
+        while True:
+            events = session.stream(prompt, written_before)
+            before = len(session.messages)
             call = original = None
+            refused = False
             try:
-                for i, event in enumerate(events):
-                    if i == 0 and round_ == 0:
-                        stats = session.last_stats or GenerationStats()
-                        session.count_history_prefill(stats)
-                        yield Started(stats)
+                for event in events:
+                    if total is None:
+                        total = session.last_stats or GenerationStats()
+                        session.count_history_prefill(total)
+                        yield Started(total)
+                    if choice is not None and not choice.allows(event):
+                        refused = True
+                        break
                     if isinstance(event, harmony.ToolCall):
                         original = event
                         call = builtin.as_builtin(event, gen.builtin, functions)
@@ -182,20 +192,57 @@ class ServerEngine:
                 if isinstance(stop, GeneratorExit):
                     raise
                 return
-            if call is None or round_ == builtin.MAX_CALLS or cancelled():
+            if refused:  # back to the end of the reasoning, the call's header written
+                events.close()
+                _add_round(total, session.last_stats)
+                _keep_reasoning(session, before)
+                header = choice.header(self.encoding)
+                prompt, written_before = [*self._prepare(session), *header], len(header)
+                choice = None
+                continue
+            _add_round(total, session.last_stats)
+            if call is None or calls == builtin.MAX_CALLS or cancelled():
                 break
+            calls += 1
             done = builtin.run(call, gen.builtin, cancelled)
             yield done
             assert original is not None  # the result answers the call as the model wrote it
             reply = harmony.tool_result(original.recipient, done.result.text, channel=call.channel)
             session.messages.append(reply)
-            try:
-                prompt = session.prepare()
-            except ContextFullError as e:
-                raise ApiError(400, str(e), code="context_length_exceeded") from None
+            prompt, written_before = self._prepare(session), 0
         self._keep(session, len(prompt))
-        yield Finished(session.last_stats or GenerationStats())
+        yield Finished(total or GenerationStats())
+
+    @staticmethod
+    def _prepare(session: RequestSession) -> list[int]:
+        try:
+            return session.prepare()
+        except ContextFullError as e:
+            raise ApiError(400, str(e), code="context_length_exceeded") from None
 
     def _keep(self, session: RequestSession, prompt_len: int) -> None:
         if session.cached_tokens:
             self.prompt_cache.put(session.entry(prompt_len))
+
+
+def _add_round(total: GenerationStats | None, stats: GenerationStats | None) -> None:
+    """Fold a later round's statistics (after a built-in tool ran, or a call's header was
+    written) into the first one's, which the reply reports."""
+    if total is None or stats is None or stats is total:
+        return
+    total.generated_tokens += stats.generated_tokens
+    total.reasoning_tokens += stats.reasoning_tokens
+    total.decode_seconds += stats.decode_seconds + stats.prefill_seconds
+    total.finish_reason = stats.finish_reason
+    total.peak_memory_bytes = max(total.peak_memory_bytes, stats.peak_memory_bytes)
+
+
+def _keep_reasoning(session: RequestSession, before: int) -> None:
+    """Of the messages the refused reply added, keep the reasoning (complete: the refusal came
+    after it ended) and drop what the model began instead of the call."""
+    added = session.messages[before:]
+    del session.messages[before:]
+    for m in added:
+        if m.channel == "analysis" and m.recipient is None:
+            m.interrupted = False
+            session.messages.append(m)

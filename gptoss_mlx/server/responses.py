@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import harmony
 from ..session.chat import GenerationStats
-from . import builtin, sse
+from . import builtin, sse, tool_choice
 from .chat_completions import function_call, function_name
 from .engine import Finished, Generation, ServerEngine, Started
 from .errors import ApiError
@@ -166,10 +166,12 @@ def to_generation(
     if req.instructions:
         instructions.insert(0, req.instructions)
     effort = normalise_effort(req.reasoning.effort if req.reasoning else None, "reasoning.effort")
+    tools = _tools(req)
+    choice = tool_choice.parse(req.tool_choice, [t.name for t in tools])
     settings = engine.settings(
         effort=effort,
         instructions="\n\n".join(t for t in instructions if t) or None,
-        tools=_tools(req),
+        tools=tools,
         max_tokens=req.max_output_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
@@ -180,7 +182,8 @@ def to_generation(
     describe = getattr(enabled.get("python"), "instruction", None)
     if callable(describe):  # the real timeout, directory and network in the prompt
         settings.python_description = describe()
-    return engine.prepare(Generation(messages, settings, builtin=enabled)), items
+    gen = Generation(messages, settings, builtin=enabled, tool_choice=choice)
+    return engine.prepare(gen), items
 
 
 # --------------------------------------------------------------------------- output
@@ -239,7 +242,7 @@ class ResponseBuilder:
                 "input_tokens": st.prompt_tokens,
                 "input_tokens_details": {"cached_tokens": st.prompt_tokens - st.prefilled_tokens},
                 "output_tokens": st.generated_tokens,
-                "output_tokens_details": {"reasoning_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": st.reasoning_tokens},
                 "total_tokens": st.prompt_tokens + st.generated_tokens,
             },
         }  # fmt: skip

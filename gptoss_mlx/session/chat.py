@@ -227,7 +227,9 @@ class ChatSession:
         self._check_fits(prompt)
         return self._reply(prompt)
 
-    def _reply(self, prompt: list[int]) -> Iterator[harmony.Event]:
+    def _reply(self, prompt: list[int], written_before: int = 0) -> Iterator[harmony.Event]:
+        """The reply to `prompt`, whose last `written_before` tokens already belong to it (a header
+        written for the model): the parser and the stored call tokens start with them."""
         max_tokens = self._check_fits(prompt)
         reused, logits = self._reuse(prompt)
         new = prompt[reused:]
@@ -253,7 +255,8 @@ class ChatSession:
             on_prefilled=self._snapshot,
         )
         finished = False
-        written: list[int] = []
+        written: list[int] = list(prompt[len(prompt) - written_before :]) if written_before else []
+        parser.feed_all(written)
         try:
             for tok in tokens:
                 written.append(tok)
@@ -274,6 +277,7 @@ class ChatSession:
                 stats.finish_reason = stats.finish_reason or "interrupted"
                 self._store(parser, stats)
                 self._repair_cache()
+            stats.reasoning_tokens = parser.reasoning_tokens
             stats.wall_seconds = time.perf_counter() - t0
 
     def _repair_cache(self) -> None:

@@ -143,10 +143,11 @@ class RequestSession(ChatSession):
         self._check_fits(prompt)
         return prompt
 
-    def stream(self, prompt: list[int]) -> Iterator[harmony.Event]:
+    def stream(self, prompt: list[int], written_before: int = 0) -> Iterator[harmony.Event]:
         """The reply's events. The history (the prompt before its closing `<|start|>assistant`)
         is prefilled first and snapshotted: the next request of this conversation continues
-        from there even when the client drops this reply or its reasoning."""
+        from there even when the client drops this reply or its reasoning. The prompt's last
+        `written_before` tokens are the start of the reply, written for the model."""
         self.history_prefill = (0, 0.0)
         reused, _ = self._reuse(prompt)
         boundary = len(prompt) - 2
@@ -160,7 +161,7 @@ class RequestSession(ChatSession):
             self.cached_tokens.extend(prompt[reused:boundary])
             self._snapshot(None)
             self.history_prefill = (boundary - reused, time.perf_counter() - t0)
-        return self._reply(prompt)
+        return self._reply(prompt, written_before)
 
     def count_history_prefill(self, stats: GenerationStats) -> None:
         """Fold the history prefill into the reply's statistics (prefilled tokens, TTFT)."""

@@ -115,6 +115,8 @@ class RemoteSession(ChatSession):
             u = chunk["usage"]
             stats.prompt_tokens, stats.generated_tokens = u["prompt_tokens"], u["completion_tokens"]
             cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+            details = u.get("completion_tokens_details") or {}
+            stats.reasoning_tokens = details.get("reasoning_tokens") or 0
             stats.prefilled_tokens = stats.prompt_tokens - cached
             self._used = u.get("total_tokens", 0)
         for choice in chunk.get("choices") or []:
