@@ -1,6 +1,7 @@
 """`gptoss serve` as a real command on the trained tiny harmony model, with the openai SDK: a
-function call the model makes, the tool result round trip with prefix reuse, streamed text equal
-to non-streamed, Responses function calls, the non-loopback refusal and shutdown on SIGTERM."""
+function call the model makes (and one `tool_choice` forces), the tool result round trip with
+prefix reuse, streamed text equal to non-streamed, Responses function calls, the non-loopback
+refusal and shutdown on SIGTERM."""
 
 from __future__ import annotations
 
@@ -87,6 +88,22 @@ def test_tool_call_round_trip(served) -> None:
     # everything up to the end of the reasoning came from the first request's cache
     cached = done.usage.prompt_tokens_details.cached_tokens
     assert out.usage.prompt_tokens < cached < done.usage.prompt_tokens
+
+
+def test_tool_choice_makes_the_model_call(served) -> None:
+    _, url = served
+    c = _client(url)
+    ask = [{"role": "user", "content": "What is 2+2?"}]  # answered directly when left alone
+    out = c.chat.completions.create(
+        model=c.models.list().data[0].id, messages=ask, tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+    )  # fmt: skip
+    choice = out.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    assert choice.message.reasoning == "The user asks a simple sum. 2+2=4."  # its own, kept
+    calls = [(t.function.name, t.function.arguments) for t in choice.message.tool_calls]
+    assert calls == [("get_weather", '{"city":"Paris"}')]  # the arguments are the model's
+    assert out.usage.completion_tokens_details.reasoning_tokens > 0
 
 
 def test_stream_equals_non_stream(served) -> None:
