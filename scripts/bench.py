@@ -232,17 +232,23 @@ def run_worker(peer: str, ckpt: Path, prompts: list[int], n_decode: int) -> dict
 
 
 def llama_bench_binary() -> Path:
-    """llama-bench built from the llama-cpp-python sdist (vendors llama.cpp), cached."""
-    binary = LLAMA_DIR / "build" / "bin" / "llama-bench"
+    return llama_binary("llama-bench")
+
+
+def llama_binary(target: str) -> Path:
+    """A llama.cpp tool (llama-bench, llama-server) built from the llama-cpp-python sdist (which
+    vendors llama.cpp), cached under .cache/llama.cpp."""
+    binary = LLAMA_DIR / "build" / "bin" / target
     if binary.exists():
         return binary
     src = llama_source()
-    print("building llama-bench (about 15 minutes on 2 cores) ...", file=sys.stderr, flush=True)
+    print(f"building {target} (about 15 minutes on 2 cores) ...", file=sys.stderr, flush=True)
     build = LLAMA_DIR / "build"
     subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON",
+                    "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF", "-DLLAMA_OPENSSL=OFF",
                     "-DBUILD_SHARED_LIBS=OFF", "-DGGML_NATIVE=ON"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", f"-j{os.cpu_count() or 2}"],
+    subprocess.run(["cmake", "--build", str(build), "--target", target, f"-j{os.cpu_count() or 2}"],
                    check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     return binary
 

@@ -55,3 +55,29 @@ def test_bench_table_and_errors(tiny_checkpoint):
     )
     r = bench("-m", str(tiny_checkpoint), "--prompt-tokens", "0")
     assert r.returncode != 0 and "--prompt-tokens takes positive token counts" in r.stderr
+
+
+def test_bench_rounds_report_medians(tiny_checkpoint):
+    r = bench("-m", str(tiny_checkpoint), "--prompt-tokens", "12", "--decode-tokens", "3",
+              "--rounds", "3", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    runs = [benchmark.BenchResult.from_dict(x) for x in d["runs"]["gptoss"]]
+    [ours] = (benchmark.BenchResult.from_dict(x) for x in d["results"])
+    assert d["rounds"] == 3 and len(runs) == 3
+    assert ours.decode_tps == sorted(x.decode_tps for x in runs)[1]
+    assert ours.prefill_tps[12] == sorted(x.prefill_tps[12] for x in runs)[1]
+    r = bench("-m", str(tiny_checkpoint), "--rounds", "0")
+    assert (
+        r.returncode == 1
+        and r.stderr.strip() == "gptoss: error: --rounds must be at least 1, not 0"
+    )
+
+
+def test_median_of_rounds():
+    def result(tps: float, mem: int) -> benchmark.BenchResult:
+        return benchmark.BenchResult("gptoss", {512: tps}, {512: 512 / tps}, tps / 10, 8, mem)
+
+    med = benchmark.median([result(10, 3), result(30, 1), result(20, 2)])
+    assert (med.prefill_tps, med.decode_tps, med.peak_memory_bytes) == ({512: 20}, 2.0, 2)
+    assert med.time_to_first_token == {512: 512 / 20}

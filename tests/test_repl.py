@@ -504,7 +504,9 @@ def test_footer_text():
     stats.finish_reason = "interrupted"
     line, warning = footer_text(stats, 3900, 4096)
     assert line.startswith("interrupted · ") and "(95%)" in line
-    assert warning and "/undo or /reset" in warning
+    assert warning and "/undo or /reset" in warning and "larger --context" in warning
+    _, warning = footer_text(stats, 130_000, 131_072)  # already the largest context there is
+    assert warning and "/undo or /reset" in warning and "--context" not in warning
 
 
 def render_events(events: list, *, terminal: bool, reasoning: str = "collapse") -> str:

@@ -34,12 +34,21 @@ def bench_cmd(
         int, typer.Option("--decode-tokens", help="Tokens to decode after the first prompt.")
     ] = 128,
     dtype: DtypeOpt = None,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            help="Measure each runner this many times, taking turns (who goes first alternates); "
+            "medians are reported.",
+        ),
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Measure prefill and decode speed, time to first token and peak memory on this machine.
 
     Each runner runs in its own process. With --vs mlx-lm, mlx-lm is measured the same way on the
-    same weights and the ratios are printed (above 1: gptoss is better)."""
+    same weights and the ratios are printed (above 1: gptoss is better). With --rounds N each
+    figure is the median of N runs (for a machine with other work on it)."""
     from ..hub.local import find_local
     from ..model import benchmark
     from ..settings import resolve
@@ -48,18 +57,29 @@ def bench_cmd(
         raise UserError(f"--vs takes mlx-lm, not {vs!r}")
     if decode_tokens < 2:
         raise UserError("--decode-tokens must be at least 2 (the first token comes from prefill)")
+    if rounds < 1:
+        raise UserError(f"--rounds must be at least 1, not {rounds}")
     prompts = _counts(prompt_tokens)
     settings = resolve({"model": model, "dtype": dtype})
     spec = settings.model
     path = find_local(spec)
     if path is None:
         raise ModelNotFoundError(f"model {spec} is not downloaded; run `gptoss download {spec}`")
-    results = [benchmark.run("gptoss", path, prompts, decode_tokens, settings.dtype)]
-    if vs:
-        results.append(benchmark.run(vs, path, prompts, decode_tokens))
+    runners = ["gptoss", vs] if vs else ["gptoss"]
+    dtypes = {"gptoss": settings.dtype}
+    runs: dict[str, list] = {r: [] for r in runners}
+    for i in range(rounds):  # turns alternate, so a machine getting busier slows both alike
+        for runner in runners if i % 2 == 0 else runners[::-1]:
+            runs[runner].append(
+                benchmark.run(runner, path, prompts, decode_tokens, dtypes.get(runner))
+            )
+    results = [benchmark.median(runs[r]) for r in runners]
     ratios = benchmark.ratios(results[0], results[1]) if vs else {}
     if as_json:
-        out = {"model": str(path), "results": [r.to_dict() for r in results], "ratios": ratios}
+        out = {"model": str(path), "rounds": rounds,
+               "results": [r.to_dict() for r in results], "ratios": ratios}  # fmt: skip
+        if rounds > 1:
+            out["runs"] = {r: [x.to_dict() for x in runs[r]] for r in runners}
         print(json.dumps(out, indent=2))
         return
     _print_table(str(path), prompts, results, ratios)

@@ -151,6 +151,29 @@ def run(
     return BenchResult.from_dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def median(results: list[BenchResult]) -> BenchResult:
+    """One runner's rounds as one result: the median of each figure (the first round's detail)."""
+    import statistics
+
+    def med(values: Iterable[float]) -> float:
+        return statistics.median(list(values))
+
+    first = results[0]
+    return BenchResult(
+        first.runner,
+        prefill_tps={n: med(r.prefill_tps[n] for r in results) for n in first.prefill_tps},
+        time_to_first_token={
+            n: med(r.time_to_first_token[n] for r in results) for n in first.time_to_first_token
+        },
+        decode_tps=med(r.decode_tps for r in results),
+        decode_tokens=first.decode_tokens,
+        peak_memory_bytes=int(med(r.peak_memory_bytes for r in results)),
+        max_rss_bytes=int(med(r.max_rss_bytes for r in results)),
+        load_seconds=med(r.load_seconds for r in results),
+        detail=first.detail,
+    )
+
+
 def ratios(ours: BenchResult, theirs: BenchResult) -> dict[str, float]:
     """How much better gptoss does than `theirs` on each figure (> 1: gptoss is better)."""
     # (time to first token is prompt tokens over prefill rate: its ratio is the prefill one)

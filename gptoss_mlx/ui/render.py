@@ -20,6 +20,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from .. import harmony
+from ..model.config import MAX_CONTEXT
 from .render_tools import ToolLines
 
 REASONING_MODES = ("collapse", "show", "hide")
@@ -59,7 +60,9 @@ def footer_text(stats: Any, used: int, limit: int) -> tuple[str, str | None]:
     parts.append(f"context {used:,}/{limit:,} ({pct:.0%})")
     warning = None
     if pct >= NEARLY_FULL:
-        warning = f"context {pct:.0%} full: /undo or /reset to make room, or restart with a larger --context"
+        warning = f"context {pct:.0%} full: /undo or /reset to make room"
+        if limit < MAX_CONTEXT:
+            warning += ", or restart with a larger --context"
     return " · ".join(parts), warning
 
 
