@@ -6,7 +6,9 @@ and llama.cpp's `llama-server` on the same checkpoint, in one run.
         [--servers gptoss,mlx_lm,llama_cpp] [--rounds 1] [--json FILE]
 
 Each turn adds a user message of about `--words` words plus the previous reply (its reasoning
-sent back as `reasoning`, as the OpenRouter convention asks; llama.cpp's as `reasoning_content`).
+sent back as `reasoning`, `reasoning_content` and `thinking`, the names the servers read). Time to
+first token is the wall time of the turn's request cut at one token (then the turn's streamed
+request of `--max-tokens` gives the reply to send back; "total" sums those).
 The peers render the prompt with gpt-oss's own chat template (OpenAI's, as llama.cpp vendors it;
 added to a copy of the checkpoint's tokenizer_config.json when it has none); llama-server is
 built from the llama-cpp-python sdist and reads the checkpoint converted to GGUF (both cached
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import re
 import socket
 import statistics
 import subprocess
@@ -113,59 +116,91 @@ def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:
     raise SystemExit(f"{cmd[0]} did not start; see {log}")
 
 
-def served_model(url: str) -> str:
+def served_model(url: str, name: str) -> str:
+    if name == "mlx_lm":
+        return "default_model"  # mlx_lm.server's name for the model it was started with
     try:
         return httpx.get(url + "/v1/models").json()["data"][0]["id"]
     except (ValueError, KeyError, IndexError):
-        return "default_model"  # mlx_lm.server's name for the model it was started with
+        return "default_model"
+
+
+MESSAGE = re.compile(
+    r"<\|channel\|>(\w+)[^<]*(?:<\|constrain\|>\w+)?<\|message\|>(.*?)(?=<\|end\|>|<\|return\|>|<\|start\|>|$)",
+    re.S,
+)
+
+
+def unmark(content: str) -> tuple[str, str]:
+    """(answer, reasoning) from content with harmony markup left in it (mlx_lm.server passes the
+    model's channels through; its gpt-oss template refuses them back), as a client must clean it."""
+    if "<|channel|>" not in content:
+        return content, ""
+    parts = MESSAGE.findall(content)
+    answer = "".join(text for channel, text in parts if channel != "analysis")
+    return answer, "".join(text for channel, text in parts if channel == "analysis")
+
+
+def usage_of(body: dict[str, Any]) -> dict[str, Any]:
+    """Prompt and cached tokens from a reply's usage (llama-server: from its timings)."""
+    u = body.get("usage") or {}
+    if not u:
+        return {}
+    cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens")
+    if cached is None and body.get("timings"):  # llama-server: the prompt tokens it ran
+        cached = u["prompt_tokens"] - body["timings"].get("prompt_n", 0)
+    return {"prompt_tokens": u["prompt_tokens"], "cached_tokens": cached}
+
+
+def first_token(url: str, messages: list[dict[str, Any]], model: str) -> tuple[float, dict]:
+    """Time to first token, measured the same way for every server: the wall time of the turn's
+    request cut at one token (streamed text would not do: a server may hold back the first
+    tokens, e.g. a message header, and a random-weight model writes no header at all)."""
+    body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0.0}
+    t0 = time.perf_counter()
+    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
+    r.raise_for_status()
+    return time.perf_counter() - t0, usage_of(r.json())
 
 
 def turn(
     url: str, messages: list[dict[str, Any]], max_tokens: int, model: str
-) -> tuple[float, dict, dict]:
-    """One streamed request: (time to first token, the assistant message to send back, usage)."""
+) -> tuple[float, dict]:
+    """One streamed request: (its wall time, the assistant message to send back)."""
     body = {"model": model, "messages": messages, "stream": True,
-            "max_tokens": max_tokens, "temperature": 0.0,
-            "stream_options": {"include_usage": True}}  # fmt: skip
-    t0, ttft = time.perf_counter(), None
-    content, reasoning, usage = [], [], {}
+            "max_tokens": max_tokens, "temperature": 0.0}  # fmt: skip
+    t0 = time.perf_counter()
+    content, reasoning = [], []
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data:") or line.strip() == "data: [DONE]":
                 continue
-            chunk = json.loads(line[5:])
-            if chunk.get("usage"):
-                u = chunk["usage"]
-                cached = (u.get("prompt_tokens_details") or {}).get("cached_tokens")
-                if cached is None and chunk.get("timings"):  # llama-server: prompt tokens run
-                    cached = u["prompt_tokens"] - chunk["timings"].get("prompt_n", 0)
-                usage = {"prompt_tokens": u["prompt_tokens"], "cached_tokens": cached}
-            for choice in chunk.get("choices") or []:
+            for choice in json.loads(line[5:]).get("choices") or []:
                 d = choice.get("delta") or {}
-                thought = d.get("reasoning") or d.get("reasoning_content") or ""
-                if (thought or d.get("content")) and ttft is None:
-                    ttft = time.perf_counter() - t0
-                reasoning.append(thought)
+                reasoning.append(d.get("reasoning") or d.get("reasoning_content") or "")
                 content.append(d.get("content") or "")
-    reply = {"role": "assistant", "content": "".join(content)}
-    if "".join(reasoning):
-        reply["reasoning"] = reply["reasoning_content"] = "".join(reasoning)
-    return ttft if ttft is not None else time.perf_counter() - t0, reply, usage
+    text, thought = unmark("".join(content))
+    reply = {"role": "assistant", "content": text}
+    if thought := "".join(reasoning) + thought:
+        reply["reasoning"] = reply["reasoning_content"] = reply["thinking"] = thought
+    return time.perf_counter() - t0, reply
 
 
 def replay(url: str, turns: int, words: int, max_tokens: int, model: str) -> dict[str, Any]:
     rng = random.Random(0)
     messages: list[dict[str, Any]] = [{"role": "system", "content": "You are a coding agent."}]
-    ttfts, usages, t0 = [], [], time.perf_counter()
+    ttfts, usages, total = [], [], 0.0
     for t in range(turns):
         text = " ".join(rng.choice(WORDS) for _ in range(words))
         messages.append({"role": "user", "content": f"Step {t + 1}. Tool output: {text}"})
-        ttft, reply, usage = turn(url, messages, max_tokens, model)
+        ttft, usage = first_token(url, messages, model)
+        seconds, reply = turn(url, messages, max_tokens, model)
         ttfts.append(ttft)
         usages.append(usage)
+        total += seconds
         messages.append(reply)
-    return {"ttft": ttfts, "usage": usages, "total": time.perf_counter() - t0}
+    return {"ttft": ttfts, "usage": usages, "total": total}
 
 
 def measure(name: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -173,8 +208,8 @@ def measure(name: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
     proc = start(command(name, model, port), port, Path(f"/tmp/bench-{name}.log"))
     try:
         url = f"http://127.0.0.1:{port}"
-        served = served_model(url)
-        turn(url, [{"role": "user", "content": "warm up"}], 4, served)
+        served = served_model(url, name)
+        turn(url, [{"role": "user", "content": "warm up"}], 4, served)  # loads, compiles
         return replay(url, args.turns, args.words, args.max_tokens, served)
     finally:
         proc.terminate()

@@ -166,3 +166,14 @@ def test_bad_tool_choice_is_a_400(enc, tools, choice, says) -> None:
         )  # fmt: skip
     assert says in err.value.message and err.value.body["param"] == "tool_choice"
     assert json.loads(err.value.response.text)["error"]["type"] == "invalid_request_error"
+
+
+def test_usage_of_a_reply_without_events(enc) -> None:
+    srv = start(enc, [THOUGHT_ANSWER])  # one token (`<|channel|>`) makes no event
+    with serve(srv.app) as url:
+        out = client(url).chat.completions.create(
+            model="gpt-oss-20b", messages=[user("hi")], max_tokens=1
+        )
+    assert out.choices[0].finish_reason == "length"
+    assert out.usage.prompt_tokens == len(srv.prompt([harmony.Message("user", "hi")]))
+    assert out.usage.completion_tokens == 1

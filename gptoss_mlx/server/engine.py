@@ -8,6 +8,7 @@ thread); it yields harmony parser events and, last, a `Finished` with the statis
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -174,11 +175,13 @@ class ServerEngine:
             call = original = None
             refused = False
             try:
-                for event in events:
-                    if total is None:
+                for event in itertools.chain(events, [None]):
+                    if total is None:  # the first event, or the end of a reply that had none
                         total = session.last_stats or GenerationStats()
                         session.count_history_prefill(total)
                         yield Started(total)
+                    if event is None:
+                        break
                     if choice is not None and not choice.allows(event):
                         refused = True
                         break
