@@ -155,12 +155,17 @@ def usage_of(body: dict[str, Any]) -> dict[str, Any]:
 def first_token(url: str, messages: list[dict[str, Any]], model: str) -> tuple[float, dict]:
     """Time to first token, measured the same way for every server: the wall time of the turn's
     request cut at one token (streamed text would not do: a server may hold back the first
-    tokens, e.g. a message header, and a random-weight model writes no header at all)."""
-    body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0.0}
-    t0 = time.perf_counter()
-    r = httpx.post(url + "/v1/chat/completions", json=body, timeout=600)
-    r.raise_for_status()
-    return time.perf_counter() - t0, usage_of(r.json())
+    tokens, e.g. a message header, and a random-weight model writes no header at all). Streamed,
+    since llama-server answers a non-streamed reply its gpt-oss parser rejects with a 500."""
+    body = {"model": model, "messages": messages, "max_tokens": 1, "temperature": 0.0,
+            "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+    t0, usage = time.perf_counter(), {}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=600) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith("data:") and line.strip() != "data: [DONE]":
+                usage = usage_of(json.loads(line[5:])) or usage
+    return time.perf_counter() - t0, usage
 
 
 def turn(

@@ -146,7 +146,13 @@ def run(
            ",".join(map(str, prompts)), str(n_decode), dtype or ""]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        said = proc.stderr.strip().splitlines()
+        if said:
+            last = said[-1]
+        elif proc.returncode < 0:
+            last = f"killed by signal {-proc.returncode} (out of memory?)"
+        else:
+            last = f"exit status {proc.returncode}, no output"
         raise UserError(f"the {runner} benchmark failed: {last}")
     return BenchResult.from_dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
