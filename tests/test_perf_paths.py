@@ -293,7 +293,21 @@ def test_real_width_experts_equal_gather_qmm(n):
 
 @needs_kernels
 @pytest.mark.parametrize(
-    ("L", "S", "window"), [(1, 300, 0), (1, 300, 128), (40, 40, 0), (40, 167, 128), (5, 9, 0)]
+    ("L", "S", "window"),
+    [
+        (1, 300, 0),
+        (1, 300, 128),
+        (40, 40, 0),
+        (40, 167, 128),
+        (5, 9, 0),
+        # full attention from BLAS_ATTENTION_MIN_QUERIES on goes through BLAS: cached keys,
+        # blocks of queries (600 over 5000 keys: two blocks)
+        (64, 64, 0),
+        (200, 700, 0),
+        (200, 327, 128),
+        (300, 300, 128),
+        (600, 5000, 0),
+    ],
 )
 def test_attention_kernel_equals_mlx_sdpa(L, S, window):
     """gpt-oss shapes (64 heads of 64 over 8 KV heads), cached keys, sliding window or not."""

@@ -247,8 +247,11 @@ class Block(nn.Module):
         self.input_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def __call__(self, x: mx.array, mask: Any, cache: Any) -> mx.array:
+    def __call__(self, x: mx.array, mask: Any, cache: Any, last_only: bool = False) -> mx.array:
+        """With `last_only` the MLP runs for the last position only (the cache has them all)."""
         x = x + self.self_attn(self.input_layernorm(x), mask, cache)
+        if last_only:
+            x = x[:, -1:, :]
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -323,8 +326,11 @@ class Model(nn.Module):
     def embed(self, tokens: mx.array) -> mx.array:
         return self.model.embed_tokens(tokens).astype(self.dtype)
 
-    def hidden(self, tokens: mx.array, cache: list | None = None) -> mx.array:
-        """Final-norm hidden states [B, L, H]."""
+    def hidden(
+        self, tokens: mx.array, cache: list | None = None, last_only: bool = False
+    ) -> mx.array:
+        """Final-norm hidden states [B, L, H] (or [B, 1, H] with `last_only`: then the last
+        layer's MLP, a whole layer's worth of expert work in a prefill, runs for one position)."""
         self._decide_fast_path()
         x = self.embed(tokens)
         L = x.shape[1]
@@ -332,11 +338,14 @@ class Model(nn.Module):
             self._fast.begin(x.shape[0] * L)
         window = self.config.sliding_window
         masks: dict[str, Any] = {}
-        for layer, kind, c in zip(
-            self.model.layers,
-            self.config.layer_types,
-            cache or [None] * len(self.layers),
-            strict=True,
+        last = len(self.layers) - 1
+        for n, (layer, kind, c) in enumerate(
+            zip(
+                self.model.layers,
+                self.config.layer_types,
+                cache or [None] * len(self.layers),
+                strict=True,
+            )
         ):
             if kind not in masks:
                 if kind == "full_attention":
@@ -349,14 +358,12 @@ class Model(nn.Module):
                         masks[kind] = "causal"
                     else:
                         masks[kind] = _window_mask(L, cached, window)
-            x = layer(x, masks[kind], c)
+            x = layer(x, masks[kind], c, last_only=last_only and n == last)
         return self.model.norm(x)
 
     def __call__(
         self, tokens: mx.array, cache: list | None = None, last_only: bool = False
     ) -> mx.array:
         """tokens [B, L] -> logits [B, L, vocab] (or [B, 1, vocab] with last_only)."""
-        h = self.hidden(tokens, cache)
-        if last_only:
-            h = h[:, -1:, :]
+        h = self.hidden(tokens, cache, last_only)
         return self._fast.linear(self.lm_head, h) if self._fast is not None else self.lm_head(h)

@@ -20,7 +20,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from .. import harmony
-from ..model.config import MAX_CONTEXT
+from ..settings import MAX_CONTEXT
 from .render_tools import ToolLines
 
 REASONING_MODES = ("collapse", "show", "hide")
