@@ -74,8 +74,12 @@ def test_run_json_lists_calls_and_sums_usage_over_replies():
     class Loop:
         records = [CallRecord(call, "python", "42\n", False, 0.123456)]
         stats = [
-            GenerationStats(prompt_tokens=100, generated_tokens=10, wall_seconds=1.0),
-            GenerationStats(prompt_tokens=120, generated_tokens=5, wall_seconds=0.5),
+            GenerationStats(
+                prompt_tokens=100, generated_tokens=10, reasoning_tokens=7, wall_seconds=1.0
+            ),
+            GenerationStats(
+                prompt_tokens=120, generated_tokens=5, reasoning_tokens=2, wall_seconds=0.5
+            ),
         ]
 
     data = with_tool_records({"usage": {}, "timings": {"total_s": 0.5}}, Loop())
@@ -87,7 +91,8 @@ def test_run_json_lists_calls_and_sums_usage_over_replies():
         }
     ]  # fmt: skip
     assert data["usage"] == {
-        "prompt_tokens": 220, "completion_tokens": 15, "total_tokens": 235, "replies": 2
+        "prompt_tokens": 220, "completion_tokens": 15, "total_tokens": 235,
+        "completion_tokens_details": {"reasoning_tokens": 9}, "replies": 2,
     }  # fmt: skip
     assert data["timings"]["total_s"] == 1.5
     assert tool_note(call) == "[tool call] python: print(6*7)"
