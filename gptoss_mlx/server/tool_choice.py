@@ -3,9 +3,10 @@
 "none" leaves the functions out of the prompt. "required" and a named function are enforced in
 harmony terms, after the model has reasoned: when it starts anything but a call it may make (an
 answer, a preamble, another function), the reply goes back to the end of its reasoning and the
-call's header is written for it as gpt-oss writes one, `<|channel|>commentary to=functions.NAME
-<|constrain|>json<|message|>`, so the model writes only the arguments. For "required" with several functions the
-header stops where their headers part (the model then writes the name).
+call's header is written for it as gpt-oss writes one, `<|channel|>commentary
+to=functions.NAME <|constrain|>json<|message|>`, so the model writes only the arguments. For
+"required" with several functions the header stops where their headers part (the model then
+writes the name).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class ToolChoice:
             )
             for name in self.names
         ]
-        n = min(len(h) for h in headers)
+        n = len(headers[0])
         for other in headers[1:]:
             n = min(n, harmony.common_prefix_len(headers[0], other))
         return headers[0][:n]
