@@ -4,7 +4,8 @@
  * dense matrices in float32 or bfloat16, experts in MXFP4 (two E2M1 codes a byte, low nibble
  * first, one E8M0 scale per 32 values: MLX's "mxfp4" layout).
  *
- * Every function has a portable C path; the AVX-512 paths are used where the compiler targets it.
+ * Every function has a portable C path; AVX-512 or AVX2 (with FMA) paths are used where the
+ * compiler targets them (-march=native: this machine).
  * Row loops are scheduled dynamically: on a shared machine a preempted thread would otherwise
  * hold up the whole loop until it runs again.
  */
@@ -18,6 +19,9 @@
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define USE_AVX512 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define USE_AVX2 1
 #endif
 
 enum { F32 = 0, BF16 = 1 };
@@ -42,8 +46,10 @@ int gptoss_num_threads(void) {
 }
 
 int gptoss_simd(void) {
-#ifdef USE_AVX512
+#if defined(USE_AVX512)
     return 512;
+#elif defined(USE_AVX2)
+    return 256;
 #else
     return 0;
 #endif
@@ -57,6 +63,58 @@ static inline float bf16_to_float(uint16_t h) {
 static inline float load_scalar(const void *p, int dtype, int64_t i) {
     return dtype == BF16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
+
+#ifdef USE_AVX2
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+static inline float hmax256(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
+
+static inline __m256 load8(const void *w, int dtype, int64_t i) {
+    if (dtype == BF16) {
+        __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+    return _mm256_loadu_ps((const float *)w + i);
+}
+
+/* exp(x) as exp512 below does it, 8 lanes: 2^n built in the exponent bits (n >= -126). */
+static inline __m256 exp256(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.0f / 5040);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 720));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+/* E2M1 values of 8 codes (bits 0-2 the magnitude's index, bit 3 the sign; higher bits
+ * ignored): a permute of the 8 magnitudes, then the sign bit. */
+static inline __m256 fp4_256(__m256i code, __m256 mags) {
+    __m256i sign = _mm256_slli_epi32(_mm256_and_si256(code, _mm256_set1_epi32(8)), 28);
+    return _mm256_xor_ps(_mm256_permutevar8x32_ps(mags, code), _mm256_castsi256_ps(sign));
+}
+
+static inline __m256i bytes8(const uint8_t *p) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+}
+#endif
 
 /* ---- dense: Y[m, n] = W[n, :] . X[m, :] + bias[n] ---------------------------------------- */
 
@@ -87,6 +145,19 @@ static void dot4_rows(const void *W, int dtype, int64_t n, int64_t K, const floa
     acc[1] = _mm512_reduce_add_ps(a1);
     acc[2] = _mm512_reduce_add_ps(a2);
     acc[3] = _mm512_reduce_add_ps(a3);
+#elif defined(USE_AVX2)
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + 8 <= K; k += 8) {
+        __m256 xv = _mm256_loadu_ps(x + k);
+        a0 = _mm256_fmadd_ps(load8(W, dtype, (n + 0) * K + k), xv, a0);
+        a1 = _mm256_fmadd_ps(load8(W, dtype, (n + 1) * K + k), xv, a1);
+        a2 = _mm256_fmadd_ps(load8(W, dtype, (n + 2) * K + k), xv, a2);
+        a3 = _mm256_fmadd_ps(load8(W, dtype, (n + 3) * K + k), xv, a3);
+    }
+    acc[0] = hsum256(a0);
+    acc[1] = hsum256(a1);
+    acc[2] = hsum256(a2);
+    acc[3] = hsum256(a3);
 #endif
     for (int r = 0; r < 4; r++) {
         float s = 0.0f;
@@ -109,6 +180,14 @@ static void dot_row_m(const void *W, int dtype, int64_t n, int64_t K, const floa
         for (int64_t m = 0; m < M; m++) acc[m] = _mm512_fmadd_ps(w, _mm512_loadu_ps(X + m * K + k), acc[m]);
     }
     for (int64_t m = 0; m < M; m++) out[m] = _mm512_reduce_add_ps(acc[m]);
+#elif defined(USE_AVX2)
+    __m256 acc[MAX_M];
+    for (int64_t m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) {
+        __m256 w = load8(W, dtype, n * K + k);
+        for (int64_t m = 0; m < M; m++) acc[m] = _mm256_fmadd_ps(w, _mm256_loadu_ps(X + m * K + k), acc[m]);
+    }
+    for (int64_t m = 0; m < M; m++) out[m] = hsum256(acc[m]);
 #endif
     for (int64_t m = 0; m < M; m++) {
         float s = 0.0f;
@@ -217,6 +296,43 @@ static void q4_dot(const uint8_t *w, const uint8_t *s, int64_t K, const float *x
         }
     }
     for (int64_t t = 0; t < T; t++) out[t] = _mm512_reduce_add_ps(acc[t]);
+#elif defined(USE_AVX2)
+    /* Bytes 0-7 and 8-15 of a group: low nibbles pair with xs[0..15], high with xs[16..31]. */
+    const __m256 mags = _mm256_loadu_ps(FP4);
+    if (T == 1) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+        for (int64_t g = 0; g < G; g++) {
+            __m256i v0 = bytes8(w + 16 * g), v1 = bytes8(w + 16 * g + 8);
+            const float *x = xs + 32 * g;
+            __m256 t0 = _mm256_mul_ps(fp4_256(v0, mags), _mm256_loadu_ps(x));
+            __m256 t1 = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(v0, 4), mags), _mm256_loadu_ps(x + 16));
+            t0 = _mm256_fmadd_ps(fp4_256(v1, mags), _mm256_loadu_ps(x + 8), t0);
+            t1 = _mm256_fmadd_ps(fp4_256(_mm256_srli_epi32(v1, 4), mags), _mm256_loadu_ps(x + 24), t1);
+            __m256 sc = _mm256_set1_ps(E8M0[s[g]]);
+            a0 = _mm256_fmadd_ps(t0, sc, a0);
+            a1 = _mm256_fmadd_ps(t1, sc, a1);
+        }
+        out[0] = hsum256(_mm256_add_ps(a0, a1));
+        return;
+    }
+    __m256 acc[MAX_M];
+    for (int64_t t = 0; t < T; t++) acc[t] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < G; g++) {
+        __m256i v0 = bytes8(w + 16 * g), v1 = bytes8(w + 16 * g + 8);
+        __m256 sc = _mm256_set1_ps(E8M0[s[g]]);
+        __m256 w0 = _mm256_mul_ps(fp4_256(v0, mags), sc);
+        __m256 w1 = _mm256_mul_ps(fp4_256(v1, mags), sc);
+        __m256 w2 = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(v0, 4), mags), sc);
+        __m256 w3 = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(v1, 4), mags), sc);
+        for (int64_t t = 0; t < T; t++) {
+            const float *x = xs + t * K + 32 * g;
+            __m256 a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), acc[t]);
+            a = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), a);
+            a = _mm256_fmadd_ps(w2, _mm256_loadu_ps(x + 16), a);
+            acc[t] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(x + 24), a);
+        }
+    }
+    for (int64_t t = 0; t < T; t++) out[t] = hsum256(acc[t]);
 #else
     for (int64_t t = 0; t < T; t++) {
         float total = 0.0f;
@@ -365,6 +481,19 @@ void gptoss_dequant_mxfp4(const uint8_t *w, const uint8_t *s, int64_t rows, int6
             _mm512_storeu_ps(o + 32 * g, _mm512_permutex2var_ps(lo, lo_idx, hi));
             _mm512_storeu_ps(o + 32 * g + 16, _mm512_permutex2var_ps(lo, hi_idx, hi));
         }
+#elif defined(USE_AVX2)
+        const __m256 mags = _mm256_loadu_ps(FP4);
+        for (int64_t g = 0; g < G; g++) {
+            __m256 sc = _mm256_set1_ps(E8M0[sr[g]]);
+            for (int h = 0; h < 2; h++) { /* bytes 8h..8h+7 -> values 16h..16h+15, lo/hi alternating */
+                __m256i v = bytes8(wr + 16 * g + 8 * h);
+                __m256 lo = _mm256_mul_ps(fp4_256(v, mags), sc);
+                __m256 hi = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(v, 4), mags), sc);
+                __m256 a = _mm256_unpacklo_ps(lo, hi), b = _mm256_unpackhi_ps(lo, hi);
+                _mm256_storeu_ps(o + 32 * g + 16 * h, _mm256_permute2f128_ps(a, b, 0x20));
+                _mm256_storeu_ps(o + 32 * g + 16 * h + 8, _mm256_permute2f128_ps(a, b, 0x31));
+            }
+        }
 #else
         for (int64_t g = 0; g < G; g++) {
             float sc = E8M0[sr[g]];
@@ -491,6 +620,56 @@ void gptoss_attention(const float *Q, const float *K, const float *V, int64_t kv
                 __m512 e = _mm512_maskz_mov_ps(mask, exp512(_mm512_sub_ps(s, _mm512_set1_ps(m[g]))));
                 l[g] += _mm512_reduce_add_ps(e);
                 _mm512_storeu_ps(p[g], e);
+#elif defined(USE_AVX2)
+                const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                const __m256i k0 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lane);
+                const __m256i k1 = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n - 8), lane);
+                __m256 s0, s1;
+                if (kt) {
+                    __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+                    int64_t d = 0;
+                    for (; d + 2 <= D; d += 2) {
+                        const float *r0 = kt + d * S + j0, *r1 = r0 + S;
+                        __m256 q0 = _mm256_set1_ps(q[g][d]), q1 = _mm256_set1_ps(q[g][d + 1]);
+                        a0 = _mm256_fmadd_ps(q0, _mm256_maskload_ps(r0, k0), a0);
+                        a1 = _mm256_fmadd_ps(q0, _mm256_maskload_ps(r0 + 8, k1), a1);
+                        b0 = _mm256_fmadd_ps(q1, _mm256_maskload_ps(r1, k0), b0);
+                        b1 = _mm256_fmadd_ps(q1, _mm256_maskload_ps(r1 + 8, k1), b1);
+                    }
+                    for (; d < D; d++) {
+                        __m256 q0 = _mm256_set1_ps(q[g][d]);
+                        a0 = _mm256_fmadd_ps(q0, _mm256_maskload_ps(kt + d * S + j0, k0), a0);
+                        a1 = _mm256_fmadd_ps(q0, _mm256_maskload_ps(kt + d * S + j0 + 8, k1), a1);
+                    }
+                    s0 = _mm256_add_ps(a0, b0);
+                    s1 = _mm256_add_ps(a1, b1);
+                } else {
+                    float st[ATT_BK] = {0};
+                    for (int64_t t = 0; t < n; t++) {
+                        float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                        for (int64_t d = 0; d < D; d++) dot += q[g][d] * kr[(j0 + t) * D + d];
+                        st[t] = dot;
+                    }
+                    s0 = _mm256_loadu_ps(st);
+                    s1 = _mm256_loadu_ps(st + 8);
+                }
+                const __m256 ninf = _mm256_set1_ps(-INFINITY);
+                s0 = _mm256_blendv_ps(ninf, s0, _mm256_castsi256_ps(k0));
+                s1 = _mm256_blendv_ps(ninf, s1, _mm256_castsi256_ps(k1));
+                float bm = hmax256(_mm256_max_ps(s0, s1));
+                if (bm > m[g]) {
+                    float c = expf(m[g] - bm);
+                    l[g] *= c;
+                    for (int64_t dd = 0; dd < D; dd++) acc[g][dd] *= c;
+                    m[g] = bm;
+                }
+                const __m256 mg = _mm256_set1_ps(m[g]);
+                __m256 e0 = _mm256_and_ps(exp256(_mm256_sub_ps(s0, mg)), _mm256_castsi256_ps(k0));
+                __m256 e1 = _mm256_and_ps(exp256(_mm256_sub_ps(s1, mg)), _mm256_castsi256_ps(k1));
+                l[g] += hsum256(_mm256_add_ps(e0, e1));
+                _mm256_storeu_ps(p[g], e0);
+                _mm256_storeu_ps(p[g] + 8, e1);
 #else
                 float s[ATT_BK], bm = -INFINITY;
                 for (int64_t t = 0; t < n; t++) {
@@ -528,4 +707,58 @@ void gptoss_attention(const float *Q, const float *K, const float *V, int64_t kv
         }
     }
     if (KT) free(KT);
+}
+
+/* Scores -> probabilities in place, for attention through BLAS: S [G, L, n] holds the scaled
+ * scores of G query heads (one sink each) for L queries over n keys; query i sees keys
+ * 0 .. last0 + i (the others are zeroed). Row (g, i): p_j = exp(s_j - m) / (sum_j exp(s_j - m)
+ * + exp(sink_g - m)), m = max(max_j s_j, sink_g), so that P @ V is the attention output. */
+void gptoss_softmax_sinks(float *S, int64_t G, int64_t L, int64_t n, int64_t last0,
+                          const float *sinks) {
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t r = 0; r < G * L; r++) {
+        const int64_t g = r / L, i = r % L;
+        float *row = S + r * n;
+        int64_t vis = last0 + i + 1;
+        vis = vis > n ? n : (vis < 0 ? 0 : vis);
+        float m = sinks[g], sum = 0.0f;
+        int64_t j = 0;
+#if defined(USE_AVX512)
+        __m512 mv = _mm512_set1_ps(m);
+        for (; j + 16 <= vis; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(row + j));
+        m = _mm512_reduce_max_ps(mv);
+#elif defined(USE_AVX2)
+        __m256 mv = _mm256_set1_ps(m);
+        for (; j + 8 <= vis; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(row + j));
+        m = hmax256(mv);
+#endif
+        for (; j < vis; j++) m = fmaxf(m, row[j]);
+        j = 0;
+#if defined(USE_AVX512)
+        const __m512 mm = _mm512_set1_ps(m);
+        __m512 acc = _mm512_setzero_ps();
+        for (; j + 16 <= vis; j += 16) {
+            __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row + j), mm));
+            _mm512_storeu_ps(row + j, e);
+            acc = _mm512_add_ps(acc, e);
+        }
+        sum = _mm512_reduce_add_ps(acc);
+#elif defined(USE_AVX2)
+        const __m256 mm = _mm256_set1_ps(m);
+        __m256 acc = _mm256_setzero_ps();
+        for (; j + 8 <= vis; j += 8) {
+            __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), mm));
+            _mm256_storeu_ps(row + j, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        sum = hsum256(acc);
+#endif
+        for (; j < vis; j++) {
+            row[j] = expf(row[j] - m);
+            sum += row[j];
+        }
+        const float inv = 1.0f / (sum + expf(sinks[g] - m));
+        for (j = 0; j < vis; j++) row[j] *= inv;
+        if (vis < n) memset(row + vis, 0, sizeof(float) * (n - vis));
+    }
 }

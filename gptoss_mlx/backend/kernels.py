@@ -46,6 +46,7 @@ SIGNATURES: dict[str, tuple[type | None, list[type]]] = {
     ),
     "gptoss_dequant_mxfp4": (None, [_p, _p, _i64, _i64, _p]),
     "gptoss_swiglu_bias_t": (None, [_p, _i64, _i64, _p, _p, _i64, _i, _f, _f, _p]),
+    "gptoss_softmax_sinks": (None, [_p, _i64, _i64, _i64, _i64, _p]),
     "gptoss_attention": (
         None,
         [_p, _p, _p, _i64, _p, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _i64, _f, _p],
@@ -143,7 +144,7 @@ def _load() -> tuple[ctypes.CDLL | None, KernelStatus]:
     for name, (res, args) in SIGNATURES.items():
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = res, args
-    simd = "AVX-512" if lib.gptoss_simd() == 512 else "portable C"
+    simd = {512: "AVX-512", 256: "AVX2"}.get(lib.gptoss_simd(), "portable C")
     status = KernelStatus(True, how, str(path), lib.gptoss_num_threads(), simd)
     return lib, status
 
@@ -190,3 +191,13 @@ def dequant_mxfp4(lib: ctypes.CDLL, w: np.ndarray, s: np.ndarray, out: np.ndarra
     rows, k = out.shape
     lib.gptoss_dequant_mxfp4(ptr(w), ptr(s), rows, k, ptr(out))
     return out
+
+
+def softmax_sinks(
+    lib: ctypes.CDLL, scores: np.ndarray, last0: int, sinks: np.ndarray
+) -> np.ndarray:
+    """Attention scores [G, L, n] (f32, contiguous) -> probabilities in place: query i sees
+    keys 0..last0 + i, head g's sink sinks[g] joins each row's denominator."""
+    g, rows, n = scores.shape
+    lib.gptoss_softmax_sinks(ptr(scores), g, rows, n, last0, ptr(sinks))
+    return scores
