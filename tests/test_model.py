@@ -72,6 +72,40 @@ def test_last_only_logits(ours):
     np.testing.assert_allclose(last[0], full[-1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.fixture(scope="module")
+def three_layers(tmp_path_factory):
+    """The last layer a sliding-window one (the tiny model's is full attention)."""
+    from scripts.make_checkpoint import make_checkpoint
+
+    path = make_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny3", num_layers=3, seed=2)
+    model = load_model(path, dtype="float32")[0]
+    assert model.config.layer_types[-1] == "sliding_attention"
+    return model
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "plain-mlx"])
+@pytest.mark.parametrize("which", ["ours", "three_layers"])
+def test_last_only_chunks_keep_every_key(request, which, fast):
+    """A prefill's chunks with last_only (the last layer attends from the last position only,
+    inside its window when the chunk overruns it) give the full forward's logits at each chunk
+    end, and the caches then hold what a full forward puts there."""
+    model = request.getfixturevalue(which)
+    full = our_logits(model, LONG)
+    model.set_fast_path(fast)
+    try:
+        cache, ref_cache = model.make_cache(), model.make_cache()
+        for a, b in ((0, 5), (5, 17), (17, 29)):  # 12 tokens after 5: past the window of 8
+            last = np.array(model(mx.array([LONG[a:b]]), cache, last_only=True)[0])
+            model(mx.array([LONG[a:b]]), ref_cache)
+            np.testing.assert_allclose(last[0], full[b - 1], rtol=1e-4, atol=1e-4)
+        for c, r in zip(cache, ref_cache, strict=True):
+            assert c.offset == r.offset == len(LONG)
+            for got, want in zip(c.state_arrays(), r.state_arrays(), strict=True):
+                np.testing.assert_array_equal(np.array(got), np.array(want))
+    finally:
+        model.set_fast_path(None)
+
+
 def test_sliding_cache_memory_is_bounded(ours):
     cfg = ours.config
     cache = ours.make_cache()

@@ -103,28 +103,40 @@ class Attention(nn.Module):
         return self._fast.linear(linear, x) if self._fast is not None else linear(x)
 
     def __call__(
-        self, x: mx.array, mask: Any, cache: FullKVCache | WindowKVCache | None
+        self,
+        x: mx.array,
+        mask: Any,
+        cache: FullKVCache | WindowKVCache | None,
+        last_only: bool = False,
     ) -> mx.array:
+        """[B, L, H] -> [B, L, H]; with `last_only` every position's keys and values go into
+        the cache but only the last position attends: [B, 1, H]."""
         B, L, _ = x.shape
+        xq = x[:, -1:, :] if last_only and L > 1 else x
+        Lq = xq.shape[1]
         q = (
-            self._proj(self.q_proj, x)
-            .reshape(B, L, self.n_heads, self.head_dim)
+            self._proj(self.q_proj, xq)
+            .reshape(B, Lq, self.n_heads, self.head_dim)
             .transpose(0, 2, 1, 3)
         )
         k = self._proj(self.k_proj, x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
         v = self._proj(self.v_proj, x).reshape(B, L, self.n_kv, self.head_dim).transpose(0, 2, 1, 3)
         offset = cache.offset if cache is not None else 0
-        q = self.rope(q, offset)
+        q_start = offset + L - Lq
+        q = self.rope(q, q_start)
         k = self.rope(k, offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         if self._fast is not None and self.head_dim <= 256:
-            out = self._fast.attention(q, k, v, self.sinks, self.scale, offset, self.window)
+            out = self._fast.attention(q, k, v, self.sinks, self.scale, q_start, self.window)
             return self._proj(self.o_proj, out)
+        if Lq < L:  # the last position sees every key returned, but those outside its window
+            S = k.shape[2]
+            mask = _window_mask(1, S - 1, self.window) if 0 < self.window < S else None
         out = mx.fast.scaled_dot_product_attention(
             q, k, v, scale=self.scale, mask=mask, sinks=self.sinks.astype(q.dtype)
         )
-        return self._proj(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+        return self._proj(self.o_proj, out.transpose(0, 2, 1, 3).reshape(B, Lq, -1))
 
 
 # Shapeless (as mlx-lm): elementwise, so one trace serves every prefill length; the float
@@ -248,10 +260,12 @@ class Block(nn.Module):
         self.post_attention_layernorm = nn.RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
     def __call__(self, x: mx.array, mask: Any, cache: Any, last_only: bool = False) -> mx.array:
-        """With `last_only` the MLP runs for the last position only (the cache has them all)."""
-        x = x + self.self_attn(self.input_layernorm(x), mask, cache)
+        """With `last_only` attention and MLP run for the last position only (the cache gets
+        every position's keys and values): what mlx-lm's lazy graph computes in a prefill."""
+        h = self.self_attn(self.input_layernorm(x), mask, cache, last_only)
         if last_only:
             x = x[:, -1:, :]
+        x = x + h
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -330,7 +344,8 @@ class Model(nn.Module):
         self, tokens: mx.array, cache: list | None = None, last_only: bool = False
     ) -> mx.array:
         """Final-norm hidden states [B, L, H] (or [B, 1, H] with `last_only`: then the last
-        layer's MLP, a whole layer's worth of expert work in a prefill, runs for one position)."""
+        layer's attention and MLP, a whole layer's worth of work in a prefill, run for one
+        position)."""
         self._decide_fast_path()
         x = self.embed(tokens)
         L = x.shape[1]
