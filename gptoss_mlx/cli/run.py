@@ -389,12 +389,7 @@ def result_json(session: Any, result: Any) -> dict[str, Any]:
             for c in result.tool_calls
         ],
         "finish_reason": s.finish_reason,
-        "usage": {
-            "prompt_tokens": s.prompt_tokens,
-            "completion_tokens": s.generated_tokens,
-            "total_tokens": s.prompt_tokens + s.generated_tokens,
-            "completion_tokens_details": {"reasoning_tokens": s.reasoning_tokens},
-        },
+        "usage": s.usage(),
         "timings": {
             "time_to_first_token_s": round(s.time_to_first_token, 4),
             "prefill_tokens_per_s": round(s.prefill_tps, 2),

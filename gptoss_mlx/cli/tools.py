@@ -49,17 +49,14 @@ def with_tool_records(data: dict[str, Any], loop: Any) -> dict[str, Any]:
     data["tool_calls"] = [r.to_dict() for r in loop.records]
     stats = [s for s in loop.stats if s is not None]
     if len(stats) > 1:
-        prompt = sum(s.prompt_tokens for s in stats)
-        completion = sum(s.generated_tokens for s in stats)
-        data["usage"] = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-            "completion_tokens_details": {
-                "reasoning_tokens": sum(s.reasoning_tokens for s in stats)
-            },
-            "replies": len(stats),
-        }
+        from ..model.generate import GenerationStats
+
+        total = GenerationStats(
+            prompt_tokens=sum(s.prompt_tokens for s in stats),
+            generated_tokens=sum(s.generated_tokens for s in stats),
+            reasoning_tokens=sum(s.reasoning_tokens for s in stats),
+        )
+        data["usage"] = {**total.usage(), "replies": len(stats)}
         data["timings"]["total_s"] = round(sum(s.wall_seconds for s in stats), 4)
     return data
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import mlx.core as mx
 
@@ -40,6 +41,21 @@ class GenerationStats:
         # The first token comes from the prefill; the rest are decode steps.
         n = self.generated_tokens - 1
         return n / self.decode_seconds if self.decode_seconds > 0 and n > 0 else 0.0
+
+    def usage(self, cached: bool = False) -> dict[str, Any]:
+        """Token usage as OpenAI's chat completions report it (`cached`: with the prompt
+        tokens that came from the cache)."""
+        out: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.generated_tokens,
+            "total_tokens": self.prompt_tokens + self.generated_tokens,
+        }
+        if cached:
+            out["prompt_tokens_details"] = {
+                "cached_tokens": self.prompt_tokens - self.prefilled_tokens
+            }
+        out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        return out
 
     def to_dict(self) -> dict:
         d = asdict(self)

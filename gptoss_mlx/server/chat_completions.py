@@ -170,16 +170,7 @@ def tool_call_item(call: harmony.ToolCall, index: int) -> dict[str, Any]:
 
 
 def usage(stats: GenerationStats | None) -> dict[str, Any]:
-    prompt = stats.prompt_tokens if stats else 0
-    completion = stats.generated_tokens if stats else 0
-    cached = prompt - stats.prefilled_tokens if stats else 0
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-        "completion_tokens_details": {"reasoning_tokens": stats.reasoning_tokens if stats else 0},
-    }
+    return (stats or GenerationStats()).usage(cached=True)
 
 
 def finish_reason(fin: Finished | None, calls: int, stopped: bool) -> str:
