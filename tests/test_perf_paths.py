@@ -60,16 +60,6 @@ def test_linear_kernel_equals_numpy(k, m, bf16):
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k))
 
 
-@needs_kernels
-def test_dequant_kernel_equals_mx_dequantize():
-    w = mx.random.normal((64, 256), key=mx.random.key(0)) * 0.05
-    q, s = mx.quantize(w, group_size=32, bits=4, mode="mxfp4")
-    ref = np.array(mx.dequantize(q, s, group_size=32, bits=4, mode="mxfp4", dtype=mx.float32))
-    out = np.empty((64, 256), dtype=np.float32)
-    ck.dequant_mxfp4(lib, np.array(q).view(np.uint8), np.array(s), out)
-    np.testing.assert_array_equal(out, ref)
-
-
 @pytest.fixture(scope="module")
 def model(tiny_checkpoint):
     m = load_model(tiny_checkpoint, dtype="float32")

@@ -168,20 +168,24 @@ def test_web_search_with_a_citation(enc, web) -> None:
     assert "First line of notes." in everything_sent(enc, model)  # the page went to the model
 
 
-def test_builtin_not_enabled_is_a_400(enc) -> None:
-    _, engine = engine_for(enc, [FINAL.format(text="hi")])
-    with serve(create_app(engine)) as url:
+def test_builtin_not_enabled_is_left_out_with_a_warning(enc, caplog) -> None:
+    """Codex CLI sends web_search with every request: a server started without --browser
+    answers without it (the model is not told of the tool) and says once in its log how to
+    enable it."""
+    from gptoss_mlx.server import errors
+
+    errors._warned.clear()
+    model, engine = engine_for(enc, [FINAL.format(text="hi")] * 3)
+    with serve(create_app(engine)) as url, caplog.at_level("WARNING", logger="gptoss.server"):
         api = client(url)
-        for kind, flag in (("code_interpreter", "--python"), ("web_search", "--browser")):
-            with pytest.raises(openai.BadRequestError) as err:
-                api.responses.create(model="gpt-oss-20b", input="x", tools=[{"type": kind}])
-            assert f"gptoss serve {flag}" in err.value.message
-            assert err.value.body["param"] == "tools"
-        # tool_choice "none": no tools, so no built-in either (and no 400)
-        out = api.responses.create(
-            model="gpt-oss-20b", input="x", tools=[{"type": "code_interpreter"}], tool_choice="none"
-        )
-    assert out.output_text == "hi"
+        for kind in ("code_interpreter", "web_search", "web_search"):
+            out = api.responses.create(model="gpt-oss-20b", input="x", tools=[{"type": kind}])
+            assert out.output_text == "hi"
+    sent = everything_sent(enc, model)
+    assert "## python" not in sent and "## browser" not in sent
+    warnings = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(warnings) == 2  # once per tool type
+    assert "gptoss serve --python" in warnings[0] and "gptoss serve --browser" in warnings[1]
 
 
 def test_serve_python_without_a_sandbox_is_refused() -> None:

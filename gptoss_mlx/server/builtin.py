@@ -5,7 +5,9 @@ The tools are handed to `create_app(builtin_tools=...)` by namespace ("python", 
 `tools.base.Tool` shared by every request (python: one worker per server, so its variables persist
 across requests), or a zero-argument factory called once per response (browser: each response has
 its own page stack, so citation cursors are the response's own). A request enables one by asking
-for its tool type; asking for one the server was not started with is a 400 naming the flag.
+for its tool type. One the server was not started with is left out (the model is not told of it)
+with a warning in the server's log naming the flag: Codex CLI sends `web_search` with every
+request, and a 400 would make it unusable against a plain `gptoss serve`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from .. import harmony
 from ..tools.base import Tool, ToolResult
-from .errors import ApiError
+from .errors import warn_once
 
 MAX_CALLS = 8  # built-in calls within one response
 TOOL_TYPES = {
@@ -42,8 +44,8 @@ class BuiltinResult:
 
 
 def select(tools: list[dict[str, Any]] | None, available: Mapping[str, Any]) -> dict[str, Any]:
-    """The built-in tools a request asks for, by namespace (factories called); a 400 naming the
-    flag when the server was started without one."""
+    """The built-in tools a request asks for that the server runs, by namespace (factories
+    called); the others are left out, with a warning (once per tool type) naming the flag."""
     chosen: dict[str, Any] = {}
     for tool in tools or []:
         kind = str(tool.get("type"))
@@ -51,13 +53,14 @@ def select(tools: list[dict[str, Any]] | None, available: Mapping[str, Any]) -> 
         if namespace is None or namespace in chosen:
             continue
         if namespace not in available:
-            raise ApiError(
-                400,
-                f"the {kind} tool needs a server started with {FLAGS[namespace]} "
-                f"(restart it as `gptoss serve {FLAGS[namespace]}`), or leave it out of tools",
-                param="tools",
-                code="tool_not_enabled",
+            warn_once(
+                f"builtin:{kind}",
+                "requests ask for the %s tool: left out; start the server as "
+                "`gptoss serve %s` to run it",
+                kind,
+                FLAGS[namespace],
             )
+            continue
         tool_or_factory = available[namespace]
         fresh = not isinstance(tool_or_factory, Tool)
         chosen[namespace] = tool_or_factory() if fresh else tool_or_factory

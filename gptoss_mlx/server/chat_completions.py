@@ -18,7 +18,7 @@ from .. import harmony
 from ..session.chat import GenerationStats
 from . import sse, tool_choice
 from .engine import Finished, Generation, ServerEngine, Started
-from .errors import ApiError
+from .errors import ApiError, warn_once
 from .schemas import ChatMessage, ChatRequest, normalise_effort, part_text
 from .worker import Job
 
@@ -94,7 +94,11 @@ def _tools(req: ChatRequest) -> list[harmony.ToolSpec]:
     specs = []
     for tool in req.tools or []:
         if tool.type != "function" or tool.function is None:
-            log.warning("ignoring a tool of type %r (only function tools are served)", tool.type)
+            warn_once(
+                f"chat-tool:{tool.type}",
+                "ignoring tools of type %r (only function tools are served)",
+                tool.type,
+            )
             continue
         f = tool.function
         specs.append(harmony.ToolSpec(f.name, f.description or "", f.parameters))

@@ -1,8 +1,22 @@
-"""OpenAI-shaped errors: every failure the server reports is `{"error": {message, type, param, code}}`."""
+"""OpenAI-shaped errors: every failure the server reports is `{"error": {message, type, param, code}}`;
+and the warnings it logs about what requests ask for."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+log = logging.getLogger("gptoss.server")
+_warned: set[str] = set()
+
+
+def warn_once(key: str, message: str, *args: Any) -> None:
+    """Log a warning the first time `key` comes up: a client that sends the same unsupported
+    thing with every request (Codex CLI does) gets one line, not one per request."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message, *args)
+
 
 _TYPES = {
     400: "invalid_request_error",

@@ -22,7 +22,7 @@ from ..session.chat import GenerationStats
 from . import builtin, sse, tool_choice
 from .chat_completions import function_call, function_name
 from .engine import Finished, Generation, ServerEngine, Started
-from .errors import ApiError
+from .errors import ApiError, warn_once
 from .schemas import (
     InputCustomCall,
     InputCustomOutput,
@@ -150,7 +150,7 @@ def _tools(req: ResponsesRequest) -> list[harmony.ToolSpec]:
             params = tool.get("parameters") if kind == "function" else CUSTOM_PARAMETERS
             specs.append(harmony.ToolSpec(name, tool.get("description") or "", params))
         elif kind not in builtin.TOOL_TYPES:
-            log.warning("ignoring a tool of type %r (not served)", kind)
+            warn_once(f"tool:{kind}", "ignoring tools of type %r (not served)", kind)
     return specs
 
 
