@@ -199,9 +199,9 @@ def _decode(
                 return
             fed.append(token)
             pending = None
-            if n == 1 or n % CLEAR_CACHE_EVERY == 0:
-                mx.clear_cache()
             yield token
+            if n == 1 or n % CLEAR_CACHE_EVERY == 0:
+                mx.clear_cache()  # after the token is out, as mlx-lm: it can wait on the device
             y = next_y
     finally:
         _undo(cache, pending)
