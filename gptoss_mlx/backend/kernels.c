@@ -31,9 +31,11 @@ enum { F32 = 0, BF16 = 1 };
 static const float FP4[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                               -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
 static float E8M0[256];
+#if defined(USE_AVX512) || defined(USE_AVX2)
 /* exp(r) = 1 + r + r^2/2 + ... + r^7/5040 by Horner, highest power first (the vector exps). */
 static const float EXP_TAYLOR[8] = {1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24,
                                     1.0f / 6,    0.5f,       1.0f,       1.0f};
+#endif
 
 __attribute__((constructor)) static void init_tables(void) {
     for (int i = 0; i < 255; i++) E8M0[i] = ldexpf(1.0f, i - 127);
@@ -88,7 +90,7 @@ static inline __m256 load8(const void *w, int dtype, int64_t i) {
     return _mm256_loadu_ps((const float *)w + i);
 }
 
-/* exp(x) as exp512 below does it, 8 lanes: 2^n built in the exponent bits (n >= -126). */
+/* exp(x) as exp512 above does it, 8 lanes: 2^n built in the exponent bits (n >= -126). */
 static inline __m256 exp256(__m256 x) {
     x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
@@ -113,8 +115,6 @@ static inline __m256i bytes8(const uint8_t *p) {
 }
 #endif
 
-/* ---- dense: Y[m, n] = W[n, :] . X[m, :] + bias[n] ---------------------------------------- */
-
 #ifdef USE_AVX512
 static inline __m512 load16(const void *w, int dtype, int64_t i) {
     if (dtype == BF16) {
@@ -123,38 +123,75 @@ static inline __m512 load16(const void *w, int dtype, int64_t i) {
     }
     return _mm512_loadu_ps((const float *)w + i);
 }
+
+/* exp(x) for x <= 88: range reduction to r in [-ln2/2, ln2/2], degree-7 Taylor (rel. error
+ * < 1e-8 there), scaled by 2^n with vscalefps. Inputs below -87 give ~0, as softmax wants. */
+static inline __m512 exp512(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(EXP_TAYLOR[0]);
+    for (int i = 1; i < 8; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_TAYLOR[i]));
+    return _mm512_scalef_ps(p, n);
+}
 #endif
+
+/* One vector of VW floats, for the kernels whose logic is the same at every width (the dense dot
+ * products and the attention softmax); the MXFP4 and windowed-attention kernels differ by width
+ * (16-entry table lookups and lane masks exist only in AVX-512) and keep their own paths. */
+#if defined(USE_AVX512)
+#define VW 16
+typedef __m512 vf;
+#define vzero _mm512_setzero_ps
+#define vset1 _mm512_set1_ps
+#define vloadu _mm512_loadu_ps
+#define vstoreu _mm512_storeu_ps
+#define vadd _mm512_add_ps
+#define vsub _mm512_sub_ps
+#define vmax _mm512_max_ps
+#define vfma _mm512_fmadd_ps
+#define vsum _mm512_reduce_add_ps
+#define vhmax _mm512_reduce_max_ps
+#define vexp exp512
+#define vloadw load16
+#elif defined(USE_AVX2)
+#define VW 8
+typedef __m256 vf;
+#define vzero _mm256_setzero_ps
+#define vset1 _mm256_set1_ps
+#define vloadu _mm256_loadu_ps
+#define vstoreu _mm256_storeu_ps
+#define vadd _mm256_add_ps
+#define vsub _mm256_sub_ps
+#define vmax _mm256_max_ps
+#define vfma _mm256_fmadd_ps
+#define vsum hsum256
+#define vhmax hmax256
+#define vexp exp256
+#define vloadw load8
+#endif
+
+/* ---- dense: Y[m, n] = W[n, :] . X[m, :] + bias[n] ---------------------------------------- */
 
 /* Four rows against one x: four independent accumulation chains. */
 static void dot4_rows(const void *W, int dtype, int64_t n, int64_t K, const float *x, float *out) {
     int64_t k = 0;
     float acc[4] = {0, 0, 0, 0};
-#ifdef USE_AVX512
-    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; k + 16 <= K; k += 16) {
-        __m512 xv = _mm512_loadu_ps(x + k);
-        a0 = _mm512_fmadd_ps(load16(W, dtype, (n + 0) * K + k), xv, a0);
-        a1 = _mm512_fmadd_ps(load16(W, dtype, (n + 1) * K + k), xv, a1);
-        a2 = _mm512_fmadd_ps(load16(W, dtype, (n + 2) * K + k), xv, a2);
-        a3 = _mm512_fmadd_ps(load16(W, dtype, (n + 3) * K + k), xv, a3);
+#ifdef VW
+    vf a0 = vzero(), a1 = a0, a2 = a0, a3 = a0;
+    for (; k + VW <= K; k += VW) {
+        vf xv = vloadu(x + k);
+        a0 = vfma(vloadw(W, dtype, (n + 0) * K + k), xv, a0);
+        a1 = vfma(vloadw(W, dtype, (n + 1) * K + k), xv, a1);
+        a2 = vfma(vloadw(W, dtype, (n + 2) * K + k), xv, a2);
+        a3 = vfma(vloadw(W, dtype, (n + 3) * K + k), xv, a3);
     }
-    acc[0] = _mm512_reduce_add_ps(a0);
-    acc[1] = _mm512_reduce_add_ps(a1);
-    acc[2] = _mm512_reduce_add_ps(a2);
-    acc[3] = _mm512_reduce_add_ps(a3);
-#elif defined(USE_AVX2)
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (; k + 8 <= K; k += 8) {
-        __m256 xv = _mm256_loadu_ps(x + k);
-        a0 = _mm256_fmadd_ps(load8(W, dtype, (n + 0) * K + k), xv, a0);
-        a1 = _mm256_fmadd_ps(load8(W, dtype, (n + 1) * K + k), xv, a1);
-        a2 = _mm256_fmadd_ps(load8(W, dtype, (n + 2) * K + k), xv, a2);
-        a3 = _mm256_fmadd_ps(load8(W, dtype, (n + 3) * K + k), xv, a3);
-    }
-    acc[0] = hsum256(a0);
-    acc[1] = hsum256(a1);
-    acc[2] = hsum256(a2);
-    acc[3] = hsum256(a3);
+    acc[0] = vsum(a0);
+    acc[1] = vsum(a1);
+    acc[2] = vsum(a2);
+    acc[3] = vsum(a3);
 #endif
     for (int r = 0; r < 4; r++) {
         float s = 0.0f;
@@ -169,22 +206,14 @@ static void dot_row_m(const void *W, int dtype, int64_t n, int64_t K, const floa
                       float *out) {
     int64_t k = 0;
     for (int64_t m = 0; m < M; m++) out[m] = 0.0f;
-#ifdef USE_AVX512
-    __m512 acc[MAX_M];
-    for (int64_t m = 0; m < M; m++) acc[m] = _mm512_setzero_ps();
-    for (; k + 16 <= K; k += 16) {
-        __m512 w = load16(W, dtype, n * K + k);
-        for (int64_t m = 0; m < M; m++) acc[m] = _mm512_fmadd_ps(w, _mm512_loadu_ps(X + m * K + k), acc[m]);
+#ifdef VW
+    vf acc[MAX_M];
+    for (int64_t m = 0; m < M; m++) acc[m] = vzero();
+    for (; k + VW <= K; k += VW) {
+        vf w = vloadw(W, dtype, n * K + k);
+        for (int64_t m = 0; m < M; m++) acc[m] = vfma(w, vloadu(X + m * K + k), acc[m]);
     }
-    for (int64_t m = 0; m < M; m++) out[m] = _mm512_reduce_add_ps(acc[m]);
-#elif defined(USE_AVX2)
-    __m256 acc[MAX_M];
-    for (int64_t m = 0; m < M; m++) acc[m] = _mm256_setzero_ps();
-    for (; k + 8 <= K; k += 8) {
-        __m256 w = load8(W, dtype, n * K + k);
-        for (int64_t m = 0; m < M; m++) acc[m] = _mm256_fmadd_ps(w, _mm256_loadu_ps(X + m * K + k), acc[m]);
-    }
-    for (int64_t m = 0; m < M; m++) out[m] = hsum256(acc[m]);
+    for (int64_t m = 0; m < M; m++) out[m] = vsum(acc[m]);
 #endif
     for (int64_t m = 0; m < M; m++) {
         float s = 0.0f;
@@ -517,20 +546,6 @@ void gptoss_swiglu_bias_t(const float *GU, int64_t n, int64_t I, const void *bg,
 
 /* ---- attention with sinks ------------------------------------------------------------------ */
 
-#ifdef USE_AVX512
-/* exp(x) for x <= 88: range reduction to r in [-ln2/2, ln2/2], degree-7 Taylor (rel. error
- * < 1e-8 there), scaled by 2^n with vscalefps. Inputs below -87 give ~0, as softmax wants. */
-static inline __m512 exp512(__m512 x) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(EXP_TAYLOR[0]);
-    for (int i = 1; i < 8; i++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP_TAYLOR[i]));
-    return _mm512_scalef_ps(p, n);
-}
-#endif
 
 #define ATT_G 4  /* query heads of one KV head processed together (they see the same keys) */
 #define ATT_BK 16
@@ -714,35 +729,22 @@ void gptoss_softmax_sinks(float *S, int64_t G, int64_t L, int64_t n, int64_t las
         vis = vis > n ? n : (vis < 0 ? 0 : vis);
         float m = sinks[g], sum = 0.0f;
         int64_t j = 0;
-#if defined(USE_AVX512)
-        __m512 mv = _mm512_set1_ps(m);
-        for (; j + 16 <= vis; j += 16) mv = _mm512_max_ps(mv, _mm512_loadu_ps(row + j));
-        m = _mm512_reduce_max_ps(mv);
-#elif defined(USE_AVX2)
-        __m256 mv = _mm256_set1_ps(m);
-        for (; j + 8 <= vis; j += 8) mv = _mm256_max_ps(mv, _mm256_loadu_ps(row + j));
-        m = hmax256(mv);
+#ifdef VW
+        vf mv = vset1(m);
+        for (; j + VW <= vis; j += VW) mv = vmax(mv, vloadu(row + j));
+        m = vhmax(mv);
 #endif
         for (; j < vis; j++) m = fmaxf(m, row[j]);
         j = 0;
-#if defined(USE_AVX512)
-        const __m512 mm = _mm512_set1_ps(m);
-        __m512 acc = _mm512_setzero_ps();
-        for (; j + 16 <= vis; j += 16) {
-            __m512 e = exp512(_mm512_sub_ps(_mm512_loadu_ps(row + j), mm));
-            _mm512_storeu_ps(row + j, e);
-            acc = _mm512_add_ps(acc, e);
+#ifdef VW
+        const vf mm = vset1(m);
+        vf acc = vzero();
+        for (; j + VW <= vis; j += VW) {
+            vf e = vexp(vsub(vloadu(row + j), mm));
+            vstoreu(row + j, e);
+            acc = vadd(acc, e);
         }
-        sum = _mm512_reduce_add_ps(acc);
-#elif defined(USE_AVX2)
-        const __m256 mm = _mm256_set1_ps(m);
-        __m256 acc = _mm256_setzero_ps();
-        for (; j + 8 <= vis; j += 8) {
-            __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(row + j), mm));
-            _mm256_storeu_ps(row + j, e);
-            acc = _mm256_add_ps(acc, e);
-        }
-        sum = hsum256(acc);
+        sum = vsum(acc);
 #endif
         for (; j < vis; j++) {
             row[j] = expf(row[j] - m);
