@@ -21,6 +21,7 @@ from gptoss_mlx.backend.cpu_path import CpuFastPath
 from gptoss_mlx.model.loader import load_model
 
 from .reference import rel_max_err
+from .test_perf_paths import check_attention, check_linear
 
 NATIVE = None if device.device_info().metal else ck.load()
 # The wider paths switched off one by one; a level this CPU cannot run is skipped.
@@ -59,18 +60,10 @@ def model(tiny_checkpoint):
     return load_model(tiny_checkpoint, dtype="float32")
 
 
+@pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("bf16", [False, True], ids=["f32", "bf16"])
-def test_linear(lib, bf16):
-    rng = np.random.default_rng(0)
-    for m in (1, 3):
-        w = rng.standard_normal((37, 100)).astype(np.float32)  # 100: a vector tail
-        x = rng.standard_normal((m, 100)).astype(np.float32)
-        ref = x.astype(np.float64) @ w.T.astype(np.float64)
-        if bf16:
-            bits = (w.view(np.uint32) >> 16).astype(np.uint16)
-            ref = x.astype(np.float64) @ (bits.astype(np.uint32) << 16).view(np.float32).T
-            w = bits
-        np.testing.assert_allclose(ck.linear(lib, w, x, None), ref, rtol=1e-5, atol=1e-4)
+def test_linear(lib, m, bf16):
+    check_linear(lib, 100, m, bf16)  # 100: a vector tail at every width
 
 
 def test_dequant(lib):
@@ -104,15 +97,4 @@ def test_experts(lib, model, monkeypatch, n):
     [(1, 300, 0), (1, 300, 128), (40, 167, 128), (5, 9, 0), (200, 700, 0)],
 )
 def test_attention(lib, L, S, window):
-    from gptoss_mlx.model.gpt_oss import _window_mask
-
-    keys = mx.random.split(mx.random.key(L + S + window), 4)
-    q = mx.random.normal((1, 64, L, 64), key=keys[0])
-    k = mx.random.normal((1, 8, S, 64), key=keys[1])
-    v = mx.random.normal((1, 8, S, 64), key=keys[2])
-    sinks = mx.random.normal((64,), key=keys[3])
-    mask = _window_mask(L, S - L, window) if window else ("causal" if L > 1 else None)
-    ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, mask=mask, sinks=sinks)
-    ref = np.array(ref.transpose(0, 2, 1, 3).reshape(1, L, -1))
-    got = np.array(CpuFastPath(lib).attention(q, k, v, sinks, 0.125, 1000, window))
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    check_attention(lib, L, S, window)

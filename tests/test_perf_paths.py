@@ -49,12 +49,17 @@ def bits_to_f32(a: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("m", [1, 3, 9])
 @pytest.mark.parametrize("bf16", [False, True], ids=["f32", "bf16"])
 def test_linear_kernel_equals_numpy(k, m, bf16):
+    check_linear(lib, k, m, bf16)
+
+
+def check_linear(kernels, k: int, m: int, bf16: bool) -> None:
+    """`kernels`' gptoss_linear against numpy in float64 (also used per SIMD level)."""
     w = rng.standard_normal((37, k)).astype(np.float32)
     x = rng.standard_normal((m, k)).astype(np.float32)
     b = rng.standard_normal(37).astype(np.float32)
     if bf16:
         w, b = bf16_bits(w), bf16_bits(b)
-    got = ck.linear(lib, w, x, b)
+    got = ck.linear(kernels, w, x, b)
     wf, bf = (bits_to_f32(w), bits_to_f32(b)) if bf16 else (w, b)
     ref = x.astype(np.float64) @ wf.T.astype(np.float64) + bf
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.sqrt(k))
@@ -291,7 +296,7 @@ def test_real_width_experts_equal_gather_qmm(n):
         (40, 167, 128),
         (5, 9, 0),
         # full attention from BLAS_ATTENTION_MIN_QUERIES on goes through BLAS: cached keys,
-        # blocks of queries (600 over 5000 keys: two blocks)
+        # blocks of queries (600 over 5000 keys: six blocks of at most 104)
         (64, 64, 0),
         (200, 700, 0),
         (200, 327, 128),
@@ -300,7 +305,12 @@ def test_real_width_experts_equal_gather_qmm(n):
     ],
 )
 def test_attention_kernel_equals_mlx_sdpa(L, S, window):
-    """gpt-oss shapes (64 heads of 64 over 8 KV heads), cached keys, sliding window or not."""
+    check_attention(lib, L, S, window)
+
+
+def check_attention(kernels, L: int, S: int, window: int) -> None:
+    """gpt-oss shapes (64 heads of 64 over 8 KV heads), cached keys, sliding window or not:
+    `kernels`' attention against MLX's sdpa (also used per SIMD level)."""
     from gptoss_mlx.backend.cpu_path import CpuFastPath
     from gptoss_mlx.model.gpt_oss import _window_mask
 
@@ -314,5 +324,5 @@ def test_attention_kernel_equals_mlx_sdpa(L, S, window):
     mask = _window_mask(L, S - L, window) if window else causal
     ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, mask=mask, sinks=sinks)
     ref = np.array(ref.transpose(0, 2, 1, 3).reshape(1, L, -1))
-    got = np.array(CpuFastPath(lib).attention(q, k, v, sinks, 0.125, q_start, window))
+    got = np.array(CpuFastPath(kernels).attention(q, k, v, sinks, 0.125, q_start, window))
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
